@@ -1,0 +1,173 @@
+"""M3Embedder: inference with the semantics of FlagEmbedding's ``BGEM3FlagModel`` (encode, compute_score)."""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from .export import export_bge_m3
+from .model import M3Model, M3Reps, special_token_ids
+from .model.scores import colbert_scores, dense_scores, sparse_scores
+
+
+def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory (the model hub is never used)."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such directory (tokenizers are loaded from local directories)")
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(f"{path}: cannot load a tokenizer from this directory ({err})") from err
+
+
+@contextmanager
+def eval_mode(module: torch.nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        module.train(was_training)
+
+
+def lexical_matching_score(a: Mapping, b: Mapping) -> float:
+    """Σ_{t ∈ a ∩ b} a[t] b[t] for two {token_id: weight} dicts."""
+    if len(a) > len(b):
+        a, b = b, a
+    return float(sum(w * b[t] for t, w in a.items() if t in b))
+
+
+def colbert_score(q: np.ndarray, p: np.ndarray) -> float:
+    """(Σ_i max_j q_i · p_j) / len(q) for token vectors q (Lq, d), p (Lp, d)."""
+    return float((q @ p.T).max(axis=1).sum() / q.shape[0])
+
+
+class M3Embedder:
+    """Encoder + tokenizer for inference. Shares weights with a training module when built from its model."""
+
+    def __init__(self, model: M3Model, tokenizer: PreTrainedTokenizerBase, device: str | torch.device | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        if device is not None:
+            self.model.to(self.device)
+
+    @classmethod
+    def from_pretrained(cls, path: str, device: str | None = None, attn_implementation: str = "sdpa") -> "M3Embedder":
+        """Load a BGE-M3-layout directory (HF config + weights + colbert_linear.pt + sparse_linear.pt + tokenizer)."""
+        tokenizer = load_tokenizer(path)
+        model = M3Model.from_pretrained(path, special_token_ids(tokenizer), attn_implementation=attn_implementation)
+        return cls(model, tokenizer, device or "cpu")
+
+    def save_pretrained(self, directory: str) -> str:
+        return export_bge_m3(self.model, self.tokenizer, directory)
+
+    # ------------------------------------------------------------------ encoding
+    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+        return self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+
+    def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
+        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
+        return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
+
+    def encode_batches(self, texts: Sequence[str], batch_size: int, max_length: int,
+                       heads: tuple[str, ...]) -> Iterator[tuple[list[int], M3Reps]]:
+        """Yield (original indices, reps) for length-sorted batches (longest first, less padding)."""
+        ids = self.tokenize(texts, max_length)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        with eval_mode(self.model):
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                inputs = self._pad([ids[i] for i in chunk])
+                yield chunk, self.model(inputs["input_ids"], inputs["attention_mask"], heads=heads)
+
+    def encode(self, texts: str | Sequence[str], batch_size: int = 32, max_length: int = 512,
+               return_dense: bool = True, return_sparse: bool = True, return_colbert: bool = True,
+               ) -> dict[str, object]:
+        """Encode ``texts``. Returns ``dense`` float32 [n, d], ``sparse`` list of {token_id: weight},
+        ``colbert`` list of float32 [tokens - 1, d_c] (CLS excluded), each present when asked for."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        heads = tuple(h for h, on in (("dense", return_dense), ("sparse", return_sparse),
+                                      ("colbert", return_colbert)) if on)
+        if not heads:
+            raise ValueError("encode: ask for at least one of return_dense, return_sparse, return_colbert")
+        dense = [None] * len(texts)
+        sparse: list[dict[int, float] | None] = [None] * len(texts)
+        colbert: list[np.ndarray | None] = [None] * len(texts)
+        for chunk, reps in self.encode_batches(texts, batch_size, max_length, heads):
+            lengths = reps.attention_mask.sum(-1).tolist()
+            if reps.dense is not None:
+                for i, vec in zip(chunk, reps.dense.float().cpu().numpy()):
+                    dense[i] = vec
+            if reps.sparse is not None:
+                weights = reps.sparse.float().cpu().numpy()
+                token_ids = reps.input_ids.cpu().numpy()
+                for row, i in enumerate(chunk):
+                    sparse[i] = _lexical_dict(token_ids[row, :lengths[row]], weights[row, :lengths[row]])
+            if reps.colbert is not None:
+                vecs = reps.colbert.float().cpu().numpy()
+                for row, i in enumerate(chunk):
+                    colbert[i] = vecs[row, :lengths[row] - 1].copy()
+        out: dict[str, object] = {}
+        if return_dense:
+            out["dense"] = np.stack(dense).astype(np.float32) if texts else np.zeros((0, self.model.hidden_size),
+                                                                                     np.float32)
+        if return_sparse:
+            out["sparse"] = sparse
+        if return_colbert:
+            out["colbert"] = colbert
+        if single:
+            out = {k: v[0] for k, v in out.items()}
+        return out
+
+    # ------------------------------------------------------------------ scoring
+    def compute_score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, max_query_length: int = 512,
+                      max_passage_length: int = 512, weights_for_different_modes: Sequence[float] | None = None,
+                      ) -> dict[str, list[float]]:
+        """Scores of (query, passage) pairs per mode and the weighted hybrids (FlagEmbedding's ``compute_score``)."""
+        w = list(weights_for_different_modes or (1.0, 1.0, 1.0))
+        if len(w) != 3:
+            raise ValueError("weights_for_different_modes: give 3 weights (dense, sparse, colbert)")
+        result: dict[str, list[float]] = {k: [] for k in ("colbert", "sparse", "dense", "sparse+dense",
+                                                          "colbert+sparse+dense")}
+        with eval_mode(self.model):
+            for start in range(0, len(pairs), batch_size):
+                batch = pairs[start:start + batch_size]
+                q = self._reps([p[0] for p in batch], max_query_length)
+                p = self._reps([p[1] for p in batch], max_passage_length)
+                d = dense_scores(q.dense, p.dense).diagonal()
+                s = sparse_scores(q.input_ids, q.sparse, p.input_ids, p.sparse).diagonal()
+                c = colbert_scores(q.colbert, q.colbert_mask, p.colbert, p.colbert_mask).diagonal()
+                result["dense"] += d.tolist()
+                result["sparse"] += s.tolist()
+                result["colbert"] += c.tolist()
+                result["sparse+dense"] += ((w[0] * d + w[1] * s) / (w[0] + w[1])).tolist()
+                result["colbert+sparse+dense"] += ((w[0] * d + w[1] * s + w[2] * c) / sum(w)).tolist()
+        return result
+
+    def _reps(self, texts: list[str], max_length: int) -> M3Reps:
+        inputs = self._pad(self.tokenize(texts, max_length))
+        return self.model(inputs["input_ids"], inputs["attention_mask"], heads=("dense", "sparse", "colbert"))
+
+    @staticmethod
+    def lexical_matching_score(a: Mapping, b: Mapping) -> float:
+        return lexical_matching_score(a, b)
+
+    @staticmethod
+    def colbert_score(q: np.ndarray, p: np.ndarray) -> float:
+        return colbert_score(q, p)
+
+
+def _lexical_dict(token_ids: np.ndarray, weights: np.ndarray) -> dict[int, float]:
+    """{token_id: max weight} without zero weights (special ids already have weight 0)."""
+    out: dict[int, float] = {}
+    for t, w in zip(token_ids.tolist(), weights.tolist()):
+        if w > 0 and w > out.get(t, 0.0):
+            out[t] = w
+    return out

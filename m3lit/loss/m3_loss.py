@@ -1,0 +1,112 @@
+"""The M3 training objective: per-head InfoNCE, the ensemble loss, and self-knowledge distillation.
+
+With temperature τ and s_h = score_h / τ for the active heads h ∈ {dense, sparse, colbert}:
+    hard-label   L  = (Σ_h λ_h L_h + L_e) / (n_heads + 1)        (one head: L = L_h)
+    distillation L' = Σ_h λ_h CE(p, s_h) / n_heads,  p = teacher targets (detached)
+    final        (L + L') / 2 from step ``self_distill_start_step`` on, L before.
+L_h is InfoNCE over the candidate row, or, when the batch carries external teacher scores and ``kd_loss_type``
+is set, FlagEmbedding's ``m3_kd_loss`` / ``kl_div`` against softmax(teacher_scores / external_temperature).
+Defaults (λ = 1 / 0.1 / 1, w = 1 / 0.3 / 1, τ = 0.02) reproduce FlagEmbedding's BGE-M3 fine-tuning loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from .distill import KD_LOSSES, soft_cross_entropy
+from .infonce import group_to_row, infonce
+from .teacher import TeacherAggregator, WeightedTeacher
+
+DEFAULT_HEAD_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
+
+
+@dataclass
+class LossOutput:
+    loss: torch.Tensor
+    head_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # dense/sparse/colbert/ensemble
+    hard: torch.Tensor | None = None
+    distill: torch.Tensor | None = None
+
+    def scalars(self) -> dict[str, float]:
+        out = {f"loss/{k}": float(v.detach()) for k, v in self.head_losses.items()}
+        out["loss/hard"] = float(self.hard.detach())
+        if self.distill is not None:
+            out["loss/distill"] = float(self.distill.detach())
+        out["loss/total"] = float(self.loss.detach())
+        return out
+
+
+class M3Loss(nn.Module):
+    def __init__(
+        self,
+        teacher: TeacherAggregator | None = None,
+        temperature: float = 0.02,
+        head_weights: Mapping[str, float] | None = None,
+        self_distill: bool = True,
+        self_distill_start_step: int = 0,
+        kd_loss_type: str | None = "m3_kd_loss",
+        external_temperature: float = 1.0,
+    ):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"loss.temperature must be > 0, got {temperature}")
+        if kd_loss_type is not None and kd_loss_type not in KD_LOSSES:
+            raise ValueError(f"loss.kd_loss_type={kd_loss_type!r}: expected one of {sorted(KD_LOSSES)} or null")
+        unknown = set(head_weights or {}) - set(DEFAULT_HEAD_WEIGHTS)
+        if unknown:
+            raise ValueError(f"loss.head_weights: unknown head(s) {sorted(unknown)}")
+        self.teacher = teacher if teacher is not None else WeightedTeacher()
+        self.temperature = temperature
+        self.head_weights = {**DEFAULT_HEAD_WEIGHTS, **{k: float(v) for k, v in (head_weights or {}).items()}}
+        self.self_distill = self_distill
+        self.self_distill_start_step = self_distill_start_step
+        self.kd_loss_type = kd_loss_type
+        self.external_temperature = external_temperature
+
+    def distill_active(self, step: int, n_heads: int) -> bool:
+        if not self.self_distill or step < self.self_distill_start_step:
+            return False
+        # Distilling a single head from itself is a no-op; an external teacher still teaches it.
+        return n_heads > 1 or self.teacher.uses_external
+
+    def forward(
+        self,
+        scores: Mapping[str, torch.Tensor],
+        pos_index: torch.Tensor,
+        group_size: int,
+        teacher_scores: torch.Tensor | None = None,
+        step: int = 0,
+    ) -> LossOutput:
+        """scores: head -> (B, N) raw scores; pos_index (B,) column of each query's positive (its group follows);
+        teacher_scores: (B, G) external scores or None."""
+        scaled = {h: s.float() / self.temperature for h, s in scores.items()}
+        heads = list(scaled)
+        external = None
+        if teacher_scores is not None:
+            external = torch.softmax(teacher_scores.float().detach() / self.external_temperature, dim=-1)
+
+        def hard(row: torch.Tensor) -> torch.Tensor:
+            if external is not None and self.kd_loss_type is not None:
+                return KD_LOSSES[self.kd_loss_type](external, row, pos_index)
+            return infonce(row, pos_index)
+
+        head_losses = {h: hard(scaled[h]) for h in heads}
+        ensemble = self.teacher.ensemble(scaled)
+        if len(heads) > 1:
+            head_losses["ensemble"] = hard(ensemble)
+            hard_loss = (sum(self.head_weights[h] * head_losses[h] for h in heads)
+                         + head_losses["ensemble"]) / (len(heads) + 1)
+        else:
+            hard_loss = head_losses[heads[0]]
+
+        if not self.distill_active(step, len(heads)):
+            return LossOutput(loss=hard_loss, head_losses=head_losses, hard=hard_loss)
+        external_row = None
+        if external is not None and self.teacher.uses_external:
+            external_row = group_to_row(external, pos_index, ensemble.shape[1])
+        targets = self.teacher.targets(ensemble, external_row).detach()
+        distill = sum(self.head_weights[h] * soft_cross_entropy(targets, scaled[h]) for h in heads) / len(heads)
+        return LossOutput(loss=(hard_loss + distill) / 2, head_losses=head_losses, hard=hard_loss, distill=distill)

@@ -1,0 +1,54 @@
+"""Build an M3Model from the ``model`` config group."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from transformers import PreTrainedTokenizerBase
+
+from .encoder import build_encoder
+from .m3 import HEADS, HeadConfig, M3Model, special_token_ids
+
+
+def build_m3_model(
+    tokenizer: PreTrainedTokenizerBase,
+    path: str | None = None,
+    encoder_config: Mapping[str, Any] | None = None,
+    attn_implementation: str = "sdpa",
+    heads: Mapping[str, bool] | None = None,
+    pooling: str = "cls",
+    normalize: bool = True,
+    colbert_dim: int | None = None,
+    gradient_checkpointing: bool = False,
+    tokenizer_path: str | None = None,
+) -> M3Model:
+    """A model from ``path`` (HF encoder or BGE-M3 directory; BGE-M3 head weights are loaded when present) or,
+    without a path, a randomly initialised encoder built from ``encoder_config`` with the tokenizer's vocabulary.
+    ``tokenizer_path`` is accepted (and ignored) so the whole ``model`` config group can be passed in."""
+    head_config = HeadConfig(heads={h: bool((heads or {}).get(h, True)) for h in HEADS} if heads is not None
+                             else {h: True for h in HEADS},
+                             pooling=pooling, normalize=normalize, colbert_dim=colbert_dim)
+    unknown = set(heads or {}) - set(HEADS)
+    if unknown:
+        raise ValueError(f"model.heads: unknown head(s) {sorted(unknown)}; expected {HEADS}")
+    special = special_token_ids(tokenizer)
+    if path is not None:
+        model = M3Model.from_pretrained(path, special, attn_implementation=attn_implementation,
+                                        head_config=head_config)
+    else:
+        config = dict(encoder_config or {})
+        config.setdefault("vocab_size", len(tokenizer))
+        config.setdefault("pad_token_id", tokenizer.pad_token_id)
+        if tokenizer.bos_token_id is not None:
+            config.setdefault("bos_token_id", tokenizer.bos_token_id)
+        if tokenizer.eos_token_id is not None:
+            config.setdefault("eos_token_id", tokenizer.eos_token_id)
+        if config["vocab_size"] < len(tokenizer):
+            raise ValueError(f"model.encoder_config.vocab_size={config['vocab_size']} is smaller than the "
+                             f"tokenizer's vocabulary ({len(tokenizer)})")
+        model = M3Model(build_encoder(config=config, attn_implementation=attn_implementation), special, head_config)
+    if model.encoder.config.vocab_size < len(tokenizer):
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the encoder's vocabulary is "
+                         f"{model.encoder.config.vocab_size}: tokenizer and model do not belong together")
+    if gradient_checkpointing:
+        model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model

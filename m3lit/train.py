@@ -1,0 +1,86 @@
+"""``m3lit-train``: compose the Hydra config, instantiate data, model, loss and trainer, fit, export.
+
+    m3lit-train                                   # the embedded default (tiny model, bundled data, CPU)
+    m3lit-train model=small trainer.max_steps=2000 teacher=uniform
+    m3lit-train -m +sweep=teacher_weighting       # a multirun sweep
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .config import register_resolvers
+from .embedder import load_tokenizer
+from .export import export_bge_m3
+from .model import build_m3_model
+from .module import M3LightningModule
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+
+def build_module(cfg: DictConfig) -> M3LightningModule:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    tokenizer_path = model_cfg.get("tokenizer_path") or model_cfg.get("path")
+    if tokenizer_path is None:
+        raise ValueError("model: set `path` (a model directory) or `tokenizer_path`")
+    tokenizer = load_tokenizer(tokenizer_path)
+    model = build_m3_model(tokenizer, **model_cfg)
+    loss = instantiate(cfg.loss, teacher=instantiate(cfg.teacher))
+    return M3LightningModule(model, loss, tokenizer, **OmegaConf.to_container(cfg.optim, resolve=True))
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    logger: Any = False
+    if cfg.get("logger"):
+        logger = instantiate(cfg.logger)
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+
+
+def run(cfg: DictConfig) -> float | None:
+    """Train per ``cfg``; returns the value of ``cfg.objective`` (a logged metric) for sweepers, if present."""
+    L.seed_everything(cfg.seed, workers=True)
+    module = build_module(cfg)
+    datamodule = instantiate(cfg.data, tokenizer=module.tokenizer, seed=cfg.seed)
+    trainer = build_trainer(cfg)
+    if trainer.is_global_zero:
+        log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
+        export_dir = cfg.get("export_dir")
+        if export_dir:
+            state = module.full_model_state_dict()  # collective under sharding
+            if trainer.is_global_zero:
+                path = export_bge_m3(module.model, module.tokenizer, export_dir, state_dict=state)
+                print(f"exported: {path}", flush=True)
+        objective = cfg.get("objective")
+        value = trainer.callback_metrics.get(objective) if objective else None
+        return None if value is None else float(value)
+    finally:
+        finish_loggers(trainer)
+
+
+def finish_loggers(trainer: L.Trainer) -> None:
+    """Close W&B runs so that multiruns never hang on a dangling run."""
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+
+
+@hydra.main(config_path=os.path.join("..", "conf"), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    main()

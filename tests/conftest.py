@@ -1,0 +1,23 @@
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY_M3 = FIXTURES / "tiny_m3"
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    """FlagEmbedding 1.4.2 outputs on the tiny BGE-M3 checkpoint (see fixtures/README.md)."""
+    with open(FIXTURES / "flagref_reference_outputs.json") as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="session")
+def tiny_m3_dir() -> str:
+    return str(TINY_M3)

@@ -1,0 +1,113 @@
+"""Losses and teacher aggregators: hand-computed values and the documented behaviour of each option."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from m3lit.loss import (ExternalTeacher, LearnedTeacher, M3Loss, MixedTeacher, UniformTeacher, WeightedTeacher,
+                        m3_kd_loss, soft_cross_entropy)
+
+B, G = 3, 2
+
+
+def rows(seed=0, heads=("dense", "sparse", "colbert")):
+    g = torch.Generator().manual_seed(seed)
+    return {h: torch.randn(B, B * G, generator=g) * 0.05 for h in heads}
+
+
+POS = torch.arange(B) * G
+
+
+def test_weighted_teacher_is_the_m3_formula():
+    scores = rows()
+    loss = M3Loss(self_distill=True)
+    out = loss(scores, POS, G)
+    s = {h: v / 0.02 for h, v in scores.items()}
+    s_e = s["dense"] + 0.3 * s["sparse"] + s["colbert"]
+    ce = {h: F.cross_entropy(v, POS) for h, v in s.items()}
+    hard = (ce["dense"] + F.cross_entropy(s_e, POS) + 0.1 * ce["sparse"] + ce["colbert"]) / 4
+    p = torch.softmax(s_e, -1)
+    distill = sum(w * soft_cross_entropy(p, s[h]) for h, w in (("dense", 1), ("sparse", 0.1), ("colbert", 1))) / 3
+    torch.testing.assert_close(out.loss, (hard + distill) / 2)
+    torch.testing.assert_close(out.distill, distill)
+
+
+def test_self_distill_start_step():
+    loss = M3Loss(self_distill=True, self_distill_start_step=5)
+    assert loss(rows(), POS, G, step=4).distill is None
+    assert loss(rows(), POS, G, step=5).distill is not None
+
+
+def test_uniform_and_dense_only_teachers():
+    scores = {h: v / 0.02 for h, v in rows().items()}
+    torch.testing.assert_close(UniformTeacher().ensemble(scores), sum(scores.values()))
+    dense_only = WeightedTeacher({"sparse": 0.0, "colbert": 0.0})
+    torch.testing.assert_close(dense_only.targets(dense_only.ensemble(scores), None),
+                               torch.softmax(scores["dense"], -1))
+
+
+def test_learned_teacher_weights_are_trained():
+    teacher = LearnedTeacher()
+    assert teacher.weights() == pytest.approx({"dense": 1.0, "sparse": 0.3, "colbert": 1.0}, rel=1e-5)
+    loss = M3Loss(teacher=teacher)
+    out = loss({h: v.requires_grad_() for h, v in rows().items()}, POS, G)
+    out.loss.backward()
+    assert teacher.raw.grad is not None and teacher.raw.grad.abs().sum() > 0
+    with torch.no_grad():
+        teacher.raw -= 10 * teacher.raw.grad
+    assert teacher.weights() != pytest.approx({"dense": 1.0, "sparse": 0.3, "colbert": 1.0}, rel=1e-3)
+
+
+def test_external_teacher_targets_come_from_data():
+    ext_scores = torch.tensor([[3.0, 1.0], [2.5, 0.5], [2.0, 1.5]])
+    loss = M3Loss(teacher=ExternalTeacher(), kd_loss_type=None)
+    out = loss(rows(), POS, G, teacher_scores=ext_scores)
+    p_ext = torch.zeros(B, B * G)
+    p_ext.scatter_(1, POS[:, None] + torch.arange(G), torch.softmax(ext_scores, -1))
+    s = {h: v / 0.02 for h, v in rows().items()}
+    expected = sum(w * soft_cross_entropy(p_ext, s[h]) for h, w in (("dense", 1), ("sparse", 0.1), ("colbert", 1))) / 3
+    torch.testing.assert_close(out.distill, expected)
+    with pytest.raises(ValueError, match="teacher=external needs teacher scores"):
+        loss(rows(), POS, G)
+
+
+def test_mixed_teacher_interpolates():
+    s = {h: v / 0.02 for h, v in rows().items()}
+    ext = torch.zeros(B, B * G)
+    ext[torch.arange(B), POS] = 1.0
+    mixed = MixedTeacher(alpha=0.25)
+    e = mixed.ensemble(s)
+    torch.testing.assert_close(mixed.targets(e, ext), 0.25 * ext + 0.75 * torch.softmax(e, -1))
+    torch.testing.assert_close(mixed.targets(e, None), torch.softmax(e, -1))
+
+
+def test_m3_kd_loss_with_one_hot_teacher_is_infonce():
+    scores = rows()["dense"] / 0.02
+    one_hot = torch.zeros(B, G)
+    one_hot[:, 0] = 1.0
+    torch.testing.assert_close(m3_kd_loss(one_hot, scores, POS), F.cross_entropy(scores, POS))
+
+
+def test_single_head_is_plain_infonce():
+    scores = rows(heads=("dense",))
+    out = M3Loss(self_distill=True)(scores, POS, G)
+    torch.testing.assert_close(out.loss, F.cross_entropy(scores["dense"] / 0.02, POS))
+    assert out.distill is None
+
+
+def test_two_heads_average_over_three_terms():
+    scores = rows(heads=("dense", "sparse"))
+    out = M3Loss(self_distill=False)(scores, POS, G)
+    s = {h: v / 0.02 for h, v in scores.items()}
+    s_e = s["dense"] + 0.3 * s["sparse"]
+    expected = (F.cross_entropy(s["dense"], POS) + 0.1 * F.cross_entropy(s["sparse"], POS)
+                + F.cross_entropy(s_e, POS)) / 3
+    torch.testing.assert_close(out.loss, expected)
+
+
+def test_bad_options_are_errors():
+    with pytest.raises(ValueError, match="kd_loss_type"):
+        M3Loss(kd_loss_type="mse")
+    with pytest.raises(ValueError, match="unknown head"):
+        WeightedTeacher({"bm25": 1.0})
+    with pytest.raises(ValueError, match="temperature"):
+        M3Loss(temperature=0)
