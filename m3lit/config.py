@@ -5,18 +5,17 @@ import os
 
 from omegaconf import OmegaConf
 
+# The Hydra configs: the repository's top-level conf/ folder.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 DEFAULT_ASSETS_ROOT = os.path.join("~", ".cache", "m3lit", "default_assets")
 
 
 def default_assets_path(name: str) -> str:
-    """Path ``name`` (train_dir, dev_dir, tokenizer_dir, root) of the embedded default assets, generated on first use
-    under ``$M3LIT_ASSETS`` (default ``~/.cache/m3lit/default_assets``)."""
+    """Path ``name`` (root, train_dir, dev_dir, tokenizer_dir) of the embedded default assets, generated on first
+    use under ``$M3LIT_ASSETS`` (default ``~/.cache/m3lit/default_assets``)."""
     from .assets import ensure_default_assets
 
-    root = os.path.expanduser(os.environ.get("M3LIT_ASSETS", DEFAULT_ASSETS_ROOT))
-    if name == "root":
-        return root
-    assets = ensure_default_assets(root)
+    assets = ensure_default_assets(os.path.expanduser(os.environ.get("M3LIT_ASSETS", DEFAULT_ASSETS_ROOT)))
     if not hasattr(assets, name):
         raise ValueError(f"${{m3lit_assets:{name}}}: unknown asset; expected train_dir, dev_dir, tokenizer_dir, root")
     return str(getattr(assets, name))

@@ -68,29 +68,56 @@ class M3Embedder:
         return export_bge_m3(self.model, self.tokenizer, directory)
 
     # ------------------------------------------------------------------ encoding
-    def tokenize(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+    def tokenize(self, texts: Sequence[str], max_length: int, mcls_interval: int | None = None) -> list[list[int]]:
+        """Token ids with CLS/EOS, truncated to ``max_length``; with ``mcls_interval`` a CLS every that many
+        positions (MCLS, for long documents)."""
+        if not mcls_interval:
+            return self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
+        from .eval.mcls import insert_mcls
+
+        content = self.tokenizer(list(texts), add_special_tokens=False, padding=False)["input_ids"]
+        return [insert_mcls(ids, self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, max_length, mcls_interval)
+                for ids in content]
 
     def _pad(self, ids: list[list[int]]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
         return {"input_ids": batch["input_ids"].to(self.device), "attention_mask": batch["attention_mask"].to(self.device)}
 
-    def encode_batches(self, texts: Sequence[str], batch_size: int, max_length: int,
-                       heads: tuple[str, ...]) -> Iterator[tuple[list[int], M3Reps]]:
-        """Yield (original indices, reps) for length-sorted batches (longest first, less padding)."""
-        ids = self.tokenize(texts, max_length)
+    def encode_batches(self, texts: Sequence[str], batch_size: int, max_length: int, heads: tuple[str, ...],
+                       mcls_interval: int | None = None) -> Iterator[tuple[list[int], M3Reps]]:
+        """Yield (original indices, reps) for length-sorted batches (longest first, less padding).
+
+        With ``mcls_interval`` the dense vector is the normalised mean of the CLS tokens' hidden states and the
+        multi-vector rows of the inserted CLS tokens get mask 0."""
+        ids = self.tokenize(texts, max_length, mcls_interval)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         with eval_mode(self.model):
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 inputs = self._pad([ids[i] for i in chunk])
-                yield chunk, self.model(inputs["input_ids"], inputs["attention_mask"], heads=heads)
+                input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
+                if not mcls_interval:
+                    yield chunk, self.model(input_ids, mask, heads=heads)
+                    continue
+                from .eval.mcls import mcls_pool, mcls_token_mask
+
+                hidden = self.model.hidden_states(input_ids, mask)
+                reps = self.model.heads_from_hidden(hidden, input_ids, mask, heads)
+                cls_id = self.tokenizer.cls_token_id
+                if reps.dense is not None:
+                    reps.dense = torch.nn.functional.normalize(mcls_pool(hidden, input_ids, mask, cls_id), dim=-1)
+                if reps.colbert is not None:
+                    reps.colbert_mask = mcls_token_mask(input_ids, mask, cls_id)[:, 1:].long()
+                yield chunk, reps
 
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, max_length: int = 512,
                return_dense: bool = True, return_sparse: bool = True, return_colbert: bool = True,
-               ) -> dict[str, object]:
+               mcls: bool = False, mcls_interval: int = 256) -> dict[str, object]:
         """Encode ``texts``. Returns ``dense`` float32 [n, d], ``sparse`` list of {token_id: weight},
-        ``colbert`` list of float32 [tokens - 1, d_c] (CLS excluded), each present when asked for."""
+        ``colbert`` list of float32 [tokens - 1, d_c] (CLS excluded), each present when asked for.
+
+        ``mcls``: for long documents, a CLS every ``mcls_interval`` tokens and the dense vector the mean of their
+        hidden states (the M3 paper's MCLS); multi-vector output then leaves the inserted CLS tokens out."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         heads = tuple(h for h, on in (("dense", return_dense), ("sparse", return_sparse),
@@ -100,7 +127,7 @@ class M3Embedder:
         dense = [None] * len(texts)
         sparse: list[dict[int, float] | None] = [None] * len(texts)
         colbert: list[np.ndarray | None] = [None] * len(texts)
-        for chunk, reps in self.encode_batches(texts, batch_size, max_length, heads):
+        for chunk, reps in self.encode_batches(texts, batch_size, max_length, heads, mcls_interval if mcls else None):
             lengths = reps.attention_mask.sum(-1).tolist()
             if reps.dense is not None:
                 for i, vec in zip(chunk, reps.dense.float().cpu().numpy()):
@@ -112,8 +139,9 @@ class M3Embedder:
                     sparse[i] = _lexical_dict(token_ids[row, :lengths[row]], weights[row, :lengths[row]])
             if reps.colbert is not None:
                 vecs = reps.colbert.float().cpu().numpy()
+                keep = reps.colbert_mask.bool().cpu().numpy()
                 for row, i in enumerate(chunk):
-                    colbert[i] = vecs[row, :lengths[row] - 1].copy()
+                    colbert[i] = vecs[row][keep[row]].copy()
         out: dict[str, object] = {}
         if return_dense:
             out["dense"] = np.stack(dense).astype(np.float32) if texts else np.zeros((0, self.model.hidden_size),

@@ -15,7 +15,7 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .config import register_resolvers
+from .config import CONFIG_DIR, register_resolvers
 from .embedder import load_tokenizer
 from .export import export_bge_m3
 from .model import build_m3_model
@@ -33,7 +33,8 @@ def build_module(cfg: DictConfig) -> M3LightningModule:
     tokenizer = load_tokenizer(tokenizer_path)
     model = build_m3_model(tokenizer, **model_cfg)
     loss = instantiate(cfg.loss, teacher=instantiate(cfg.teacher))
-    return M3LightningModule(model, loss, tokenizer, **OmegaConf.to_container(cfg.optim, resolve=True))
+    train_step = OmegaConf.to_container(cfg.train_step, resolve=True) if cfg.get("train_step") else {}
+    return M3LightningModule(model, loss, tokenizer, **OmegaConf.to_container(cfg.optim, resolve=True), **train_step)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
@@ -77,7 +78,7 @@ def finish_loggers(trainer: L.Trainer) -> None:
                 wandb.finish()
 
 
-@hydra.main(config_path=os.path.join("..", "conf"), config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     return run(cfg)
 

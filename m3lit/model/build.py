@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from .encoder import build_encoder
@@ -19,11 +20,18 @@ def build_m3_model(
     normalize: bool = True,
     colbert_dim: int | None = None,
     gradient_checkpointing: bool = False,
+    sparse_init: str = "default",
+    sparse_init_bias: float = 0.1,
     tokenizer_path: str | None = None,
 ) -> M3Model:
     """A model from ``path`` (HF encoder or BGE-M3 directory; BGE-M3 head weights are loaded when present) or,
     without a path, a randomly initialised encoder built from ``encoder_config`` with the tokenizer's vocabulary.
+    ``sparse_init``: ``default`` (nn.Linear's) or ``uniform`` (weight 0, bias ``sparse_init_bias``: every token starts
+    with the same weight, i.e. plain lexical overlap — keeps the head of an encoder trained from scratch alive);
+    it applies to a freshly created sparse head, not to one loaded from a BGE-M3 directory.
     ``tokenizer_path`` is accepted (and ignored) so the whole ``model`` config group can be passed in."""
+    if sparse_init not in ("default", "uniform"):
+        raise ValueError(f"model.sparse_init={sparse_init!r}: expected 'default' or 'uniform'")
     head_config = HeadConfig(heads={h: bool((heads or {}).get(h, True)) for h in HEADS} if heads is not None
                              else {h: True for h in HEADS},
                              pooling=pooling, normalize=normalize, colbert_dim=colbert_dim)
@@ -31,9 +39,11 @@ def build_m3_model(
     if unknown:
         raise ValueError(f"model.heads: unknown head(s) {sorted(unknown)}; expected {HEADS}")
     special = special_token_ids(tokenizer)
+    loaded: list[str] = []
     if path is not None:
         model = M3Model.from_pretrained(path, special, attn_implementation=attn_implementation,
                                         head_config=head_config)
+        loaded = model.loaded_head_files
     else:
         config = dict(encoder_config or {})
         config.setdefault("vocab_size", len(tokenizer))
@@ -49,6 +59,10 @@ def build_m3_model(
     if model.encoder.config.vocab_size < len(tokenizer):
         raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the encoder's vocabulary is "
                          f"{model.encoder.config.vocab_size}: tokenizer and model do not belong together")
+    if sparse_init == "uniform" and "sparse_linear.pt" not in loaded:
+        with torch.no_grad():
+            model.sparse_head.linear.weight.zero_()
+            model.sparse_head.linear.bias.fill_(sparse_init_bias)
     if gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model

@@ -70,6 +70,7 @@ class M3Model(nn.Module):
             raise ValueError("model.heads: at least one of dense, sparse, colbert must be on")
         hidden = encoder.config.hidden_size
         self.special_ids = list(special_ids)
+        self.loaded_head_files: list[str] = []
         self.dense_head = DenseHead(self.head_config.pooling, self.head_config.normalize)
         # Both linear heads always exist so that a BGE-M3 checkpoint round-trips whatever heads are trained.
         self.sparse_head = SparseHead(hidden, special_ids)
@@ -138,7 +139,7 @@ class M3Model(nn.Module):
         if head_config.colbert_dim is None and os.path.isfile(colbert_path):
             head_config.colbert_dim = torch.load(colbert_path, map_location="cpu", weights_only=True)["weight"].shape[0]
         model = cls(encoder, special_ids, head_config)
-        model.load_head_weights(directory)
+        model.loaded_head_files = model.load_head_weights(directory)
         return model
 
     def load_head_weights(self, directory: str) -> list[str]:

@@ -1,0 +1,81 @@
+"""``m3lit-encode``: encode a jsonl file of texts with a BGE-M3-layout model.
+
+    m3lit-encode MODEL_DIR texts.jsonl out.jsonl [--field text] [--id-field id] [--no-colbert] ...
+
+Each input line is a JSON object with the text under ``--field``; each output line holds ``id`` (the
+``--id-field`` value, else the line number), ``dense`` (list), ``sparse`` ({token_id: weight}) and ``colbert``
+(list of token vectors), for the heads asked for. With an ``.npz`` output, dense vectors are written as one
+float32 matrix ``dense`` with ``ids`` (sparse and colbert are not supported there).
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import sys
+
+import numpy as np
+
+from .embedder import M3Embedder
+
+
+def read_texts(path: str, field: str, id_field: str | None) -> tuple[list[str], list[str]]:
+    opener = gzip.open if path.endswith(".gz") else open
+    texts, ids = [], []
+    try:
+        f = opener(path, "rt", encoding="utf-8")
+    except FileNotFoundError:
+        raise SystemExit(f"m3lit-encode: {path}: no such file")
+    with f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise SystemExit(f"m3lit-encode: {path}:{lineno}: malformed JSON ({err.msg})")
+            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+                raise SystemExit(f"m3lit-encode: {path}:{lineno}: field {field!r} missing or not a string")
+            texts.append(obj[field])
+            ids.append(str(obj[id_field]) if id_field and id_field in obj else str(lineno))
+    return texts, ids
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="m3lit-encode", description=__doc__.split("\n\n")[0])
+    parser.add_argument("model_dir")
+    parser.add_argument("input", help="jsonl (or jsonl.gz) file, one object per line")
+    parser.add_argument("output", help="output .jsonl or .npz file")
+    parser.add_argument("--field", default="text")
+    parser.add_argument("--id-field", default="id")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-dense", action="store_true")
+    parser.add_argument("--no-sparse", action="store_true")
+    parser.add_argument("--no-colbert", action="store_true")
+    args = parser.parse_args(argv)
+
+    texts, ids = read_texts(args.input, args.field, args.id_field)
+    embedder = M3Embedder.from_pretrained(args.model_dir, device=args.device)
+    if args.output.endswith(".npz"):
+        out = embedder.encode(texts, args.batch_size, args.max_length, True, False, False)
+        np.savez(args.output, dense=out["dense"], ids=np.array(ids))
+    else:
+        out = embedder.encode(texts, args.batch_size, args.max_length, not args.no_dense, not args.no_sparse,
+                              not args.no_colbert)
+        with open(args.output, "w", encoding="utf-8") as f:
+            for i, text_id in enumerate(ids):
+                row: dict = {"id": text_id}
+                if "dense" in out:
+                    row["dense"] = out["dense"][i].tolist()
+                if "sparse" in out:
+                    row["sparse"] = {str(k): v for k, v in out["sparse"][i].items()}
+                if "colbert" in out:
+                    row["colbert"] = out["colbert"][i].tolist()
+                f.write(json.dumps(row) + "\n")
+    print(f"encoded {len(texts)} texts -> {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
