@@ -1,11 +1,14 @@
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The embedded default's generated assets (synthetic corpus + tokenizer), shared by the whole test session.
+os.environ.setdefault("M3LIT_ASSETS", os.path.join(tempfile.gettempdir(), "m3lit-test-assets"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TINY_M3 = FIXTURES / "tiny_m3"
