@@ -1,0 +1,95 @@
+"""``m3lit-eval``: evaluate a BGE-M3-layout model on BEIR data (every head + hybrids), print tables, write JSON.
+
+    m3lit-eval model_path=DIR beir=DIR output=FILE.json [split=dev] [max_length=8192 mcls=true] [device=cuda]
+
+Configuration: ``conf/eval.yaml``; unknown keys are errors.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("m3lit.evaluate")
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def load_encoder(model_path: str, device: str | None = None, dtype: str = "float32",
+                 attn_implementation: str = "sdpa") -> Any:
+    """An ``M3Embedder`` on ``device`` (default: cuda when available) with weights in ``dtype``."""
+    import torch
+
+    from .embedder import M3Embedder
+
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: expected one of {DTYPES}")
+    if not os.path.isdir(model_path):
+        raise FileNotFoundError(f"model_path={model_path!r}: no such directory")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    encoder = M3Embedder.from_pretrained(model_path, device=device, attn_implementation=attn_implementation)
+    if dtype != "float32":
+        encoder.model.to(getattr(torch, dtype))
+    return encoder
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate as configured by ``cfg`` (see conf/eval.yaml); returns the results dict."""
+    import torch
+
+    from .eval.evaluator import RetrievalSettings, evaluate_beir
+    from .eval.hybrid import hybrids_from_names
+    from .eval.report import AVERAGE_KEY, format_results, load_baseline
+
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    heads = tuple(cfg.heads)
+    settings = RetrievalSettings(
+        heads=heads,
+        hybrids=hybrids_from_names(list(cfg.hybrids or []), dict(cfg.hybrid_weights), heads=heads),
+        metrics=tuple(cfg.metrics), batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
+        max_length=cfg.max_length, query_max_length=cfg.query_max_length, candidate_depth=cfg.candidate_depth,
+        colbert_exhaustive_max_docs=cfg.colbert_exhaustive_max_docs, colbert_rerank_depth=cfg.colbert_rerank_depth,
+        dense_backend=cfg.dense_backend, mcls=cfg.mcls,
+    )
+    encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation)
+    results = evaluate_beir(encoder, cfg.beir, split=cfg.split,
+                            datasets=list(cfg.datasets) if cfg.datasets else None,
+                            max_queries=cfg.max_queries, settings=settings)
+    if cfg.print_table:
+        names = [n for n in results if n != AVERAGE_KEY]
+        baselines = load_baseline(cfg.baseline, names, cfg.baseline_group) if cfg.baseline else None
+        print(format_results(results, baselines))
+    if cfg.output:
+        folder = os.path.dirname(os.path.abspath(cfg.output))
+        os.makedirs(folder, exist_ok=True)
+        with open(cfg.output, "w") as f:
+            json.dump(results, f, indent=2)
+        log.info("results written to %s", cfg.output)
+    return results
+
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def check_keys(cfg: DictConfig) -> None:
+    """Reject keys that conf/eval.yaml does not define (also those added with Hydra's ``+key=``)."""
+    known = set(OmegaConf.load(os.path.join(CONFIG_DIR, "eval.yaml"))) - {"defaults"}
+    unknown = sorted(set(cfg) - known - {"hydra"})
+    if unknown:
+        raise ValueError(f"m3lit-eval: unknown key(s) {unknown}; known keys: {sorted(known)}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    check_keys(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
