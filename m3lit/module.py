@@ -1,11 +1,13 @@
 """M3LightningModule: encoder + heads + teacher aggregator, trained with the M3 objective."""
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Mapping
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers import PreTrainedTokenizerBase
 
 from .embedder import M3Embedder
@@ -13,6 +15,20 @@ from .loss import LossOutput, M3Loss
 from .loss.infonce import group_scores
 from .model import M3Model, M3Reps
 from .model.scores import score_matrix
+from .scale.encoding import encode_batch
+from .scale.fsdp import (FSDP2Strategy, average_replicated_grads, clip_grad_norm_, is_sharded, parse_dtype,
+                         shard_m3_model)
+from .scale.gather import gather_candidates, world
+from .scale.maxsim import maxsim_scores
+from .scale.nonfinite import NonFiniteLossError, all_finite, describe
+from .scale.options import TrainStepOptions
+from .scale.split_batch import enable_layer_checkpointing
+
+log = logging.getLogger(__name__)
+
+# Raw score given to candidates a head does not see (other ranks' passages when only some heads gather them):
+# after the temperature its softmax weight is exactly 0, and 0 × it stays finite in weighted ensembles.
+MASKED_SCORE = -1.0e4
 
 
 class M3LightningModule(L.LightningModule):
@@ -20,6 +36,11 @@ class M3LightningModule(L.LightningModule):
     (its group plus, unless the batch says ``no_in_batch_neg``, all other passages), apply ``M3Loss``.
 
     Optimiser: AdamW (no weight decay on biases and norms) with linear warm-up then linear decay to 0.
+
+    Scale knobs (``train_step`` config, see ``m3lit.scale.options``): ``cross_device`` per head (candidates
+    gathered from all ranks with gradient), ``encoding`` (plain | split_batch | grad_cache, packing),
+    ``nonfinite`` (stop | skip). Scores and losses are computed in float32, outside autocast.
+    Under ``strategy=fsdp`` (``m3lit.scale.fsdp.FSDP2Strategy``) ``configure_model`` shards the model.
     """
 
     def __init__(
@@ -34,6 +55,9 @@ class M3LightningModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         warmup_steps: int | None = None,
         teacher_lr: float | None = None,
+        cross_device: Mapping[str, bool] | bool | None = None,
+        encoding: Mapping[str, Any] | None = None,
+        nonfinite: str = "stop",
     ):
         super().__init__()
         self.model = model
@@ -42,6 +66,11 @@ class M3LightningModule(L.LightningModule):
         self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
                           warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, teacher_lr=teacher_lr)
         self._step_started: float | None = None
+        self.train_step_options = TrainStepOptions.from_config(cross_device, encoding, nonfinite)
+        if self.train_step_options.encoding.mode == "split_batch":
+            enable_layer_checkpointing(self.model)
+        self.skipped_steps = 0
+        self._drop_update = False
 
     # ------------------------------------------------------------------ inference view
     def embedder(self) -> M3Embedder:
@@ -64,19 +93,40 @@ class M3LightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def encode(self, features: Mapping[str, torch.Tensor]) -> M3Reps:
-        return self.model(features["input_ids"], features["attention_mask"])
+        return encode_batch(self.model, features["input_ids"], features["attention_mask"],
+                            self.train_step_options.encoding)
 
     def compute_scores(self, q: M3Reps, p: M3Reps, no_in_batch_neg: bool) -> tuple[dict[str, torch.Tensor],
                                                                                      torch.Tensor, int]:
-        """Scores per head (B, N), the positive's column per query (B,), and the group size G."""
+        """Scores per head (B, N) in float32, the positive's column per query (B,), and the group size G.
+
+        Candidates: this rank's passages, or, for the heads with ``cross_device`` on (and more than one rank),
+        the passages of all ranks in rank order, so the positive of local query i sits at column
+        offset + i·G. A head without cross-device candidates scores the other ranks' columns ``MASKED_SCORE``.
+        """
         batch_size = q.input_ids.shape[0]
         group_size = p.input_ids.shape[0] // batch_size
-        pos_index = torch.arange(batch_size, device=q.input_ids.device) * group_size
-        scores = {h: score_matrix(h, q, p) for h in self.model.active_heads}
-        if no_in_batch_neg:
-            scores = {h: group_scores(s, pos_index, group_size) for h, s in scores.items()}
-            pos_index = torch.zeros_like(pos_index)
-        return scores, pos_index, group_size
+        heads = self.model.active_heads
+        with torch.autocast(q.input_ids.device.type, enabled=False):
+            q, p = _float_reps(q), _float_reps(p)
+            pos_index = torch.arange(batch_size, device=q.input_ids.device) * group_size
+            if no_in_batch_neg:
+                scores = {h: group_scores(_score(h, q, p), pos_index, group_size) for h in heads}
+                return scores, torch.zeros_like(pos_index), group_size
+            gathered = tuple(h for h in heads if self.train_step_options.cross_device[h]) if world()[1] > 1 else ()
+            if not gathered:
+                return {h: _score(h, q, p) for h in heads}, pos_index, group_size
+            candidates = gather_candidates(p, gathered)
+            scores = {}
+            for h in heads:
+                if h in gathered:
+                    scores[h] = _score(h, q, candidates.reps)
+                else:
+                    local = _score(h, q, p)
+                    row = local.new_full((batch_size, candidates.total), MASKED_SCORE)
+                    scores[h] = row.index_copy(1, torch.arange(candidates.offset, candidates.offset + local.shape[1],
+                                                               device=local.device), local)
+            return scores, pos_index + candidates.offset, group_size
 
     def forward_loss(self, batch: Mapping[str, Any]) -> LossOutput:
         q = self.encode(batch["queries"])
@@ -90,6 +140,19 @@ class M3LightningModule(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.forward_loss(batch)
         batch_size = batch["queries"]["input_ids"].shape[0]
+        if not all_finite(out.loss):
+            message = describe(self.global_step, out.head_losses, batch.get("meta"))
+            if self.train_step_options.nonfinite == "stop":
+                raise NonFiniteLossError(message)
+            self.skipped_steps += 1
+            self._drop_update = True
+            if self.global_rank == 0:
+                log.warning("skipping the step: %s", message)
+            self.log("train/skipped_nonfinite", float(self.skipped_steps), batch_size=batch_size)
+            # A zero loss on every trainable parameter, disconnected from the non-finite graph: backward (and
+            # DDP/FSDP's gradient reduction) runs as usual, then on_before_optimizer_step drops the gradients so
+            # the optimizer changes neither weights nor its state. Lightning still counts the step.
+            return _zero_loss(self)
         self.log_dict({f"train/{k}": v for k, v in out.scalars().items()}, batch_size=batch_size)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
         self.log_dict({f"teacher/w_{h}": w for h, w in self.loss_fn.teacher.weights().items()},
@@ -114,7 +177,35 @@ class M3LightningModule(L.LightningModule):
         self._step_started = time.perf_counter()
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._drop_update:  # a (micro-)batch of this step had a non-finite loss: no update at all
+            self._drop_update = False
+            for p in self.parameters():
+                p.grad = None
+        elif is_sharded(self.model):
+            # FSDP reduces the model's gradients; the learned teacher weights are plain replicated parameters
+            average_replicated_grads(p for p in self.loss_fn.parameters() if p.requires_grad)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ sharding
+    def configure_model(self) -> None:
+        """Under ``FSDP2Strategy`` (or Lightning's ModelParallelStrategy): shard the model with FSDP2."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not isinstance(strategy, ModelParallelStrategy) or is_sharded(self.model):
+            return
+        options = {}
+        if isinstance(strategy, FSDP2Strategy):
+            options = dict(param_dtype=strategy.resolved_param_dtype(self.trainer.precision),
+                           reduce_dtype=parse_dtype(strategy.reduce_dtype, "reduce_dtype"),
+                           reshard_after_forward=strategy.reshard_after_forward,
+                           activation_checkpointing=strategy.activation_checkpointing)
+        shard_m3_model(self.model, self.device_mesh["data_parallel"], **options)
+
+    def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if not is_sharded(self.model) or not gradient_clip_val or gradient_clip_algorithm == "value":
+            return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.log("train/grad_norm", clip_grad_norm_(params, float(gradient_clip_val)))
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -142,3 +233,28 @@ class M3LightningModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _score(head: str, q: M3Reps, p: M3Reps) -> torch.Tensor:
+    """``score_matrix``, with ColBERT through ``maxsim_scores`` (same values and gradients, no per-pair memory)."""
+    if head == "colbert":
+        return maxsim_scores(q.colbert, q.colbert_mask, p.colbert, p.colbert_mask)
+    return score_matrix(head, q, p)
+
+
+def _float_reps(r: M3Reps) -> M3Reps:
+    """Representations in float32 (scores are computed in float32 whatever the training precision)."""
+
+    def f(t: torch.Tensor | None) -> torch.Tensor | None:
+        return t.float() if t is not None else None  # no copy when already float32
+
+    return M3Reps(input_ids=r.input_ids, attention_mask=r.attention_mask, dense=f(r.dense), sparse=f(r.sparse),
+                  colbert=f(r.colbert), colbert_mask=r.colbert_mask)
+
+
+def _zero_loss(module: torch.nn.Module) -> torch.Tensor:
+    """0 · Σ θ over the trainable parameters (local shards of DTensors): zero gradient on every parameter."""
+    from torch.distributed.tensor import DTensor
+
+    total = sum((p.to_local() if isinstance(p, DTensor) else p).sum() for p in module.parameters() if p.requires_grad)
+    return total * 0.0

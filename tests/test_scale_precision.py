@@ -1,0 +1,83 @@
+"""Scores are computed in float32 under bf16 autocast; a NaN/inf loss stops the run or skips the step."""
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent / "scripts"))
+from scale_common import random_batch, tiny_module  # noqa: E402
+
+from m3lit.model import M3Reps  # noqa: E402
+from m3lit.model.scores import score_matrix  # noqa: E402
+from m3lit.scale.nonfinite import NonFiniteLossError  # noqa: E402
+
+
+def to_bf16(r: M3Reps) -> M3Reps:
+    return M3Reps(r.input_ids, r.attention_mask, r.dense.bfloat16(), r.sparse.bfloat16(), r.colbert.bfloat16(),
+                  r.colbert_mask)
+
+
+def test_scores_are_float32_under_bf16_autocast():
+    module = tiny_module()
+    batch = random_batch()
+    with torch.no_grad():
+        q, p = to_bf16(module.encode(batch["queries"])), to_bf16(module.encode(batch["passages"]))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert score_matrix("dense", q, p).dtype == torch.bfloat16  # what scoring would do without care
+            scores, _, _ = module.compute_scores(q, p, no_in_batch_neg=False)
+        exact, _, _ = module.compute_scores(M3Reps(q.input_ids, q.attention_mask, q.dense.float(), q.sparse.float(),
+                                                   q.colbert.float(), q.colbert_mask),
+                                            M3Reps(p.input_ids, p.attention_mask, p.dense.float(), p.sparse.float(),
+                                                   p.colbert.float(), p.colbert_mask), no_in_batch_neg=False)
+    for head, s in scores.items():
+        assert s.dtype == torch.float32, head
+        torch.testing.assert_close(s, exact[head], atol=0, rtol=0)
+
+
+def nan_batch():
+    batch = random_batch(seed=1, teacher_scores=True)
+    batch["teacher_scores"][0, 0] = float("nan")  # external-teacher distillation turns it into a NaN loss
+    batch["meta"] = {"dataset": "broken.jsonl", "language": "de", "bucket": 3}
+    return batch
+
+
+class Snapshots(L.Callback):
+    def __init__(self):
+        self.states = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.states.append({k: v.detach().clone() for k, v in module.state_dict().items()})
+
+
+def fit(batches, tmp_path, max_steps, **train_step):
+    module, snapshots = tiny_module(lr=1e-2, **train_step), Snapshots()
+    trainer = L.Trainer(accelerator="cpu", max_steps=max_steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
+                        callbacks=[snapshots])
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+    return module, trainer, snapshots.states
+
+
+def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
+    good = random_batch(seed=2, teacher_scores=True)
+    with pytest.raises(NonFiniteLossError) as err:
+        fit([good, nan_batch()], tmp_path, max_steps=3)
+    message = str(err.value)
+    for part in ("optimizer step 1", "dataset=broken.jsonl", "language=de", "bucket=3", "nan",
+                 "train_step.nonfinite=skip"):
+        assert part in message, (part, message)
+
+
+def test_nonfinite_loss_skips_the_step(tmp_path):
+    """The skipped step changes neither weights nor optimizer state; Lightning still counts it (max_steps)."""
+    good = [random_batch(seed=s, teacher_scores=True) for s in (2, 3)]
+    module, trainer, states = fit([good[0], nan_batch(), good[1]], tmp_path, max_steps=3, nonfinite="skip")
+    assert module.skipped_steps == 1 and trainer.global_step == 3
+    assert float(trainer.callback_metrics["train/skipped_nonfinite"]) == 1.0
+    for name, value in states[0].items():
+        torch.testing.assert_close(states[1][name], value, atol=0, rtol=0)  # nothing moved at the NaN step
+    assert max(float((states[2][k] - states[1][k]).abs().max()) for k in states[1]) > 1e-4  # training went on
+    adam_steps = {int(s["step"]) for s in trainer.optimizers[0].state.values()}
+    assert adam_steps == {2}  # two real updates
