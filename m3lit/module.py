@@ -66,6 +66,7 @@ class M3LightningModule(L.LightningModule):
         self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
                           warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, teacher_lr=teacher_lr)
         self._step_started: float | None = None
+        self._step_tokens: tuple[int, int] | None = None
         self.train_step_options = TrainStepOptions.from_config(cross_device, encoding, nonfinite)
         if self.train_step_options.encoding.mode == "split_batch":
             enable_layer_checkpointing(self.model)
@@ -168,13 +169,19 @@ class M3LightningModule(L.LightningModule):
         meta = batch.get("meta") or {}
         if isinstance(meta.get("bucket"), (int, float)):
             stats["batch/bucket"] = float(meta["bucket"])
-        now = time.perf_counter()
-        if self._step_started is not None:
-            stats["perf/tokens_per_s"] = real / max(now - self._step_started, 1e-9)
+        self._step_tokens = (real, batch_size)
         self.log_dict(stats, batch_size=batch_size)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Real (non-pad) tokens per second of the whole step: forward, backward and optimizer update."""
+        if self._step_started is not None and self._step_tokens is not None:
+            real, batch_size = self._step_tokens
+            elapsed = max(time.perf_counter() - self._step_started, 1e-9)
+            self.log("perf/tokens_per_s", real / elapsed, batch_size=batch_size)
+        self._step_tokens = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._drop_update:  # a (micro-)batch of this step had a non-finite loss: no update at all
