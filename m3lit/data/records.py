@@ -1,0 +1,104 @@
+"""Parse and validate one line of FlagEmbedding training jsonl.
+
+A line is ``{"query": str, "pos": [str, ...], "neg": [str, ...], "pos_scores"?: [float], "neg_scores"?: [float],
+"prompt"?: str, "type"?: str, "language"?: str}``. ``pos`` must be non-empty; ``neg`` may be missing (= []).
+Score lists, when given, must be as long as the text lists they score.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from numbers import Real
+
+from .errors import BadLineError
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    """One validated training example."""
+
+    query: str
+    pos: list[str]
+    neg: list[str]
+    pos_scores: list[float] | None = None
+    neg_scores: list[float] | None = None
+    prompt: str | None = None
+    language: str | None = None
+    type: str | None = None
+
+    @property
+    def has_scores(self) -> bool:
+        return self.pos_scores is not None
+
+
+def _text_list(obj: dict, field: str, path: str, line: int, required: bool) -> list[str]:
+    if field not in obj or obj[field] is None:
+        if required:
+            raise BadLineError(path, line, field, "missing")
+        return []
+    value = obj[field]
+    if not isinstance(value, list):
+        raise BadLineError(path, line, field, f"expected a list of strings, got {type(value).__name__}")
+    for i, text in enumerate(value):
+        if not isinstance(text, str):
+            raise BadLineError(path, line, f"{field}[{i}]", f"expected a string, got {type(text).__name__}")
+    return value
+
+
+def _score_list(obj: dict, field: str, n_texts: int, texts_field: str, path: str, line: int) -> list[float] | None:
+    value = obj.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        raise BadLineError(path, line, field, f"expected a list of numbers, got {type(value).__name__}")
+    for i, score in enumerate(value):
+        if isinstance(score, bool) or not isinstance(score, Real):
+            raise BadLineError(path, line, f"{field}[{i}]", f"expected a number, got {type(score).__name__}")
+    if len(value) != n_texts:
+        raise BadLineError(path, line, field, f"has {len(value)} scores but '{texts_field}' has {n_texts} texts")
+    return [float(s) for s in value]
+
+
+def _optional_str(obj: dict, field: str, path: str, line: int) -> str | None:
+    value = obj.get(field)
+    if value is not None and not isinstance(value, str):
+        raise BadLineError(path, line, field, f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def parse_record(raw: bytes | str, path: str, line: int) -> TrainRecord:
+    """Decode and validate one jsonl line; raise :class:`BadLineError` naming ``path``, ``line`` and the field."""
+    try:
+        obj = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BadLineError(path, line, "<json>", f"malformed JSON: {err}") from None
+    if not isinstance(obj, dict):
+        raise BadLineError(path, line, "<json>", f"expected a JSON object, got {type(obj).__name__}")
+    if "query" not in obj or obj["query"] is None:
+        raise BadLineError(path, line, "query", "missing")
+    query = obj["query"]
+    if not isinstance(query, str):
+        raise BadLineError(path, line, "query", f"expected a string, got {type(query).__name__}")
+    if not query.strip():
+        raise BadLineError(path, line, "query", "empty string")
+    pos = _text_list(obj, "pos", path, line, required=True)
+    if not pos:
+        raise BadLineError(path, line, "pos", "empty list (at least one positive is needed)")
+    neg = _text_list(obj, "neg", path, line, required=False)
+    pos_scores = _score_list(obj, "pos_scores", len(pos), "pos", path, line)
+    neg_scores = _score_list(obj, "neg_scores", len(neg), "neg", path, line)
+    if (pos_scores is None) != (neg_scores is None) and (neg or pos_scores is None):
+        present, absent = ("pos_scores", "neg_scores") if pos_scores is not None else ("neg_scores", "pos_scores")
+        raise BadLineError(path, line, absent, f"missing while '{present}' is given")
+    if pos_scores is not None and neg_scores is None:
+        neg_scores = []
+    return TrainRecord(
+        query=query,
+        pos=pos,
+        neg=neg,
+        pos_scores=pos_scores,
+        neg_scores=neg_scores,
+        prompt=_optional_str(obj, "prompt", path, line),
+        language=_optional_str(obj, "language", path, line),
+        type=_optional_str(obj, "type", path, line),
+    )
