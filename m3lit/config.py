@@ -6,7 +6,8 @@ import os
 from omegaconf import OmegaConf
 
 # The Hydra configs: the repository's top-level conf/ folder.
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_DIR, "conf")
 DEFAULT_ASSETS_ROOT = os.path.join("~", ".cache", "m3lit", "default_assets")
 
 
@@ -28,6 +29,12 @@ def wandb_mode() -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
+def repo_path(relative: str = "") -> str:
+    """``${m3lit_path:sweeps}``: absolute path of ``relative`` under the repository root (where conf/ lives)."""
+    return os.path.normpath(os.path.join(REPO_DIR, relative))
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("m3lit_assets", default_assets_path, replace=True)
     OmegaConf.register_new_resolver("m3lit_wandb_mode", wandb_mode, replace=True)
+    OmegaConf.register_new_resolver("m3lit_path", repo_path, replace=True)

@@ -20,6 +20,7 @@ from .embedder import load_tokenizer
 from .export import export_bge_m3
 from .model import build_m3_model
 from .module import M3LightningModule
+from .tracking import attach_run_config, log_export
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -42,7 +43,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     logger: Any = False
     if cfg.get("logger"):
         logger = instantiate(cfg.logger)
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    attach_run_config(trainer, cfg)  # the tracking callback logs the resolved config and writes the run summary
+    return trainer
 
 
 def run(cfg: DictConfig) -> float | None:
@@ -61,6 +64,7 @@ def run(cfg: DictConfig) -> float | None:
             if trainer.is_global_zero:
                 path = export_bge_m3(module.model, module.tokenizer, export_dir, state_dict=state)
                 print(f"exported: {path}", flush=True)
+                log_export(trainer, path)  # W&B model artifact (callbacks.tracking.export_artifact)
         objective = cfg.get("objective")
         value = trainer.callback_metrics.get(objective) if objective else None
         return None if value is None else float(value)

@@ -1,0 +1,94 @@
+"""Collect the runs of a sweep: from a local folder (run summaries or offline W&B runs) or from W&B online.
+
+Local: every ``m3lit_run.json`` below the folder (``source="summary"``), or every ``run-<id>.wandb`` file of a
+W&B run folder below it (``source="wandb"``); ``auto`` takes the summaries and adds W&B runs that no summary
+names. Online: ``[entity/]project/group`` (the runs of a W&B group) or ``[entity/]project/sweeps/<id>``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Iterable
+
+from .record import SUMMARY_FILE, RunRecord, numeric_metrics, read_summary
+from .wandb_file import read_wandb_run
+
+SOURCES = ("auto", "summary", "wandb")
+
+
+def find_files(root: str, predicate) -> list[str]:
+    """Files below ``root`` (sorted, symlinked ``latest-run`` folders skipped) whose name matches ``predicate``."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(folder, d)))
+        found.extend(os.path.join(folder, f) for f in sorted(files) if predicate(f))
+    return found
+
+
+def local_runs(root: str, source: str = "auto") -> list[RunRecord]:
+    """Runs found below the folder ``root`` (see module docstring); sweep job order where known."""
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r}: expected one of {SOURCES}")
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: not a folder")
+    runs: list[RunRecord] = []
+    if source in ("auto", "summary"):
+        runs = [read_summary(p) for p in find_files(root, lambda f: f == SUMMARY_FILE)]
+    if source in ("auto", "wandb"):
+        known = {r.run_id for r in runs}
+        wandb_files = find_files(root, lambda f: f.startswith("run-") and f.endswith(".wandb"))
+        runs += [r for r in map(read_wandb_run, wandb_files) if r.run_id not in known]
+    return sort_runs(runs)
+
+
+def sort_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
+    """By Hydra job number when every run has one, else as found."""
+    runs = list(runs)
+    if runs and all(r.job_num is not None for r in runs):
+        return sorted(runs, key=lambda r: r.job_num)
+    return runs
+
+
+def parse_wandb_target(target: str) -> tuple[str, str | None, str]:
+    """``[entity/]project/group`` or ``[entity/]project/sweeps/<id>`` → (project path, sweep id, group)."""
+    parts = [p for p in target.strip("/").split("/") if p]
+    if len(parts) >= 3 and parts[-2] == "sweeps":
+        return "/".join(parts[:-2]), parts[-1], ""
+    if len(parts) not in (2, 3):
+        raise ValueError(f"{target!r}: not a folder, and not a W&B [entity/]project/group or "
+                         "[entity/]project/sweeps/<id>")
+    return "/".join(parts[:-1]), None, parts[-1]
+
+
+def wandb_runs(target: str, api: Any = None) -> list[RunRecord]:
+    """The runs of a W&B group or sweep (online; needs an API key)."""
+    project, sweep, group = parse_wandb_target(target)
+    if api is None:
+        import wandb
+
+        api = wandb.Api()
+    if sweep is not None:
+        found = api.sweep(f"{project}/{sweep}").runs
+    else:
+        found = api.runs(project, filters={"group": group})
+    runs = []
+    for run in found:
+        config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
+        summary = getattr(run.summary, "_json_dict", None) or dict(run.summary)
+        runs.append(RunRecord(run_id=run.id, name=run.name, source=f"{project}/{run.id}", config=config,
+                              metrics=numeric_metrics(summary), group=getattr(run, "group", None) or group or None,
+                              status=str(getattr(run, "state", "unknown"))))
+    if not runs:
+        raise ValueError(f"{target}: no W&B runs found")
+    return sort_runs(runs)
+
+
+def collect_runs(target: str, source: str = "auto", api: Any = None) -> list[RunRecord]:
+    """Local folder → ``local_runs``; anything else → ``wandb_runs``. Raises when nothing is found."""
+    if os.path.exists(target):
+        runs = local_runs(target, source)
+        if not runs:
+            raise FileNotFoundError(f"{target}: no runs found (no {SUMMARY_FILE} and no offline W&B run below it)")
+        return runs
+    if source not in ("auto", "wandb"):
+        raise ValueError(f"{target}: not a local folder; source={source!r} needs one")
+    return wandb_runs(target, api=api)

@@ -1,0 +1,101 @@
+"""One training run as the comparison report sees it, and the per-run summary file ``m3lit_run.json``.
+
+``m3lit-train`` (its tracking callback) writes the summary into every run's output directory:
+    {"format": 1, "status": "finished", "name": ..., "group": ..., "tags": [...], "run_id": ...,
+     "global_step": int, "fit_seconds": float, "objective": {"name": ..., "value": ...},
+     "config": {<the resolved Hydra config>, "hydra": {"choices": {...}, "overrides": [...], "job_num": ...}},
+     "metrics": {"eval/<dataset>/<mode>/<metric>": float, "teacher/w_<head>": float, ...},
+     "wandb": {"id": ..., "project": ..., "entity": ..., "mode": ..., "dir": ...} | null}
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+SUMMARY_FILE = "m3lit_run.json"
+SUMMARY_FORMAT = 1
+
+
+@dataclass
+class RunRecord:
+    """A finished (or failed) run: its resolved config, Hydra choices/overrides and final metric values."""
+
+    run_id: str
+    name: str
+    source: str                                   # the summary file, .wandb file or W&B run path it came from
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    group: str | None = None
+    status: str = "unknown"
+
+    @property
+    def hydra(self) -> dict[str, Any]:
+        value = self.config.get("hydra")
+        return value if isinstance(value, dict) else {}
+
+    @property
+    def overrides(self) -> list[str]:
+        return [str(o) for o in self.hydra.get("overrides") or []]
+
+    @property
+    def choices(self) -> dict[str, Any]:
+        return dict(self.hydra.get("choices") or {})
+
+    @property
+    def job_num(self) -> int | None:
+        num = self.hydra.get("job_num")
+        return int(num) if isinstance(num, (int, float)) else None
+
+    def config_value(self, dotted: str) -> Any:
+        """``a.b.c`` of the config; ``choices.<group>`` reads a Hydra group choice. ``None`` when absent."""
+        if dotted.startswith("choices."):
+            return self.choices.get(dotted[len("choices."):])
+        node: Any = self.config
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+
+def numeric_metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    """The finite int/float entries of ``values`` as floats (tables, images and strings left out)."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if math.isfinite(float(value)):
+            out[str(key)] = float(value)
+    return out
+
+
+def write_summary(path: str, summary: Mapping[str, Any]) -> str:
+    """Write ``summary`` as JSON (atomically: a temporary file renamed into place)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"format": SUMMARY_FORMAT, **summary}, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_summary(path: str) -> RunRecord:
+    """A ``m3lit_run.json`` file as a RunRecord; clear errors for files that are not run summaries."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: line {err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != SUMMARY_FORMAT:
+        raise ValueError(f"{path}: not an m3lit run summary (field 'format' must be {SUMMARY_FORMAT})")
+    for key, kind in (("config", dict), ("metrics", dict)):
+        if not isinstance(data.get(key), kind):
+            raise ValueError(f"{path}: field {key!r} must be a JSON object")
+    run_dir = os.path.dirname(os.path.abspath(path))
+    return RunRecord(run_id=str(data.get("run_id") or run_dir), name=str(data.get("name") or os.path.basename(run_dir)),
+                     source=path, config=data["config"], metrics=numeric_metrics(data["metrics"]),
+                     group=data.get("group"), status=str(data.get("status", "unknown")))
