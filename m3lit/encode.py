@@ -10,8 +10,8 @@ float32 matrix ``dense`` with ``ids`` (sparse and colbert are not supported ther
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
+import os
 import sys
 
 import numpy as np
@@ -20,24 +20,20 @@ from .embedder import M3Embedder
 
 
 def read_texts(path: str, field: str, id_field: str | None) -> tuple[list[str], list[str]]:
-    opener = gzip.open if path.endswith(".gz") else open
+    """Texts and ids of a jsonl(.gz) file; errors name ``path:line`` and the field."""
+    from .eval.beir import BeirFormatError, iter_jsonl
+
+    if not os.path.isfile(path):
+        raise SystemExit(f"m3lit-encode: {path}: no such file")
     texts, ids = [], []
     try:
-        f = opener(path, "rt", encoding="utf-8")
-    except FileNotFoundError:
-        raise SystemExit(f"m3lit-encode: {path}: no such file")
-    with f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SystemExit(f"m3lit-encode: {path}:{lineno}: malformed JSON ({err.msg})")
-            if not isinstance(obj, dict) or not isinstance(obj.get(field), str):
+        for lineno, obj in iter_jsonl(path):
+            if not isinstance(obj.get(field), str):
                 raise SystemExit(f"m3lit-encode: {path}:{lineno}: field {field!r} missing or not a string")
             texts.append(obj[field])
             ids.append(str(obj[id_field]) if id_field and id_field in obj else str(lineno))
+    except BeirFormatError as err:
+        raise SystemExit(f"m3lit-encode: {err}") from None
     return texts, ids
 
 

@@ -59,7 +59,7 @@ def _first_existing(folder: str, names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
+def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for every non-empty line; errors name ``path:line``."""
     with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
@@ -90,7 +90,7 @@ def _string_field(obj: dict, key: str, path: str, lineno: int, required: bool = 
 def read_texts(path: str, use_titles: bool = True) -> dict[str, str]:
     """Read a corpus or queries jsonl: ``{"_id", "text", "title"?}`` per line -> {id: text}."""
     texts: dict[str, str] = {}
-    for lineno, obj in _iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path):
         doc_id = _string_field(obj, "_id", path, lineno)
         text = _string_field(obj, "text", path, lineno)
         title = _string_field(obj, "title", path, lineno, required=False) if use_titles else ""
