@@ -24,3 +24,11 @@ def reference() -> dict:
 @pytest.fixture(scope="session")
 def tiny_m3_dir() -> str:
     return str(TINY_M3)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_m3_dir):
+    """The tiny BGE-M3 checkpoint's tokenizer (133 tokens)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_m3_dir)

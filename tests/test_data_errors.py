@@ -2,17 +2,11 @@
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from m3lit.data import BadLineError, DataConfigError, EmptyDatasetError, M3DataModule, parse_record
 from m3lit.data.synthetic import synthetic_lines, write_jsonl
 
 GOOD = {"query": "q", "pos": ["p"], "neg": ["n1", "n2"]}
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_m3_dir):
-    return AutoTokenizer.from_pretrained(tiny_m3_dir)
 
 
 @pytest.mark.parametrize(

@@ -1,15 +1,9 @@
 """M3DataModule end to end without a trainer: batch contract, same-dataset global batches, determinism."""
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from m3lit.data import M3DataModule
 from m3lit.data.synthetic import synthetic_lines, write_jsonl
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_m3_dir):
-    return AutoTokenizer.from_pretrained(tiny_m3_dir)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from transformers import AutoTokenizer
 
 from m3lit.data import M3DataModule
 from m3lit.data.synthetic import synthetic_lines, write_jsonl
@@ -39,11 +38,6 @@ class Recorder(L.LightningModule):
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.5)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_m3_dir):
-    return AutoTokenizer.from_pretrained(tiny_m3_dir)
 
 
 def fit(tmp_path, tokenizer, ckpt_dir, resume=None):

@@ -5,18 +5,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from m3lit.data import M3DataModule
 from m3lit.data.sampler import cut_global_batches
 from m3lit.data.synthetic import synthetic_lines, write_jsonl
 
 BOUNDS = [0, 48, 96, 160, 8192]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_m3_dir):
-    return AutoTokenizer.from_pretrained(tiny_m3_dir)
 
 
 @pytest.fixture
