@@ -19,7 +19,6 @@ from .scale.encoding import encode_batch
 from .scale.fsdp import (FSDP2Strategy, average_replicated_grads, clip_grad_norm_, is_sharded, parse_dtype,
                          shard_m3_model)
 from .scale.gather import gather_candidates, world
-from .scale.maxsim import maxsim_scores
 from .scale.nonfinite import NonFiniteLossError, all_finite, describe
 from .scale.options import TrainStepOptions
 from .scale.split_batch import enable_layer_checkpointing
@@ -112,18 +111,18 @@ class M3LightningModule(L.LightningModule):
             q, p = _float_reps(q), _float_reps(p)
             pos_index = torch.arange(batch_size, device=q.input_ids.device) * group_size
             if no_in_batch_neg:
-                scores = {h: group_scores(_score(h, q, p), pos_index, group_size) for h in heads}
+                scores = {h: group_scores(score_matrix(h, q, p), pos_index, group_size) for h in heads}
                 return scores, torch.zeros_like(pos_index), group_size
             gathered = tuple(h for h in heads if self.train_step_options.cross_device[h]) if world()[1] > 1 else ()
             if not gathered:
-                return {h: _score(h, q, p) for h in heads}, pos_index, group_size
+                return {h: score_matrix(h, q, p) for h in heads}, pos_index, group_size
             candidates = gather_candidates(p, gathered)
             scores = {}
             for h in heads:
                 if h in gathered:
-                    scores[h] = _score(h, q, candidates.reps)
+                    scores[h] = score_matrix(h, q, candidates.reps)
                 else:
-                    local = _score(h, q, p)
+                    local = score_matrix(h, q, p)
                     row = local.new_full((batch_size, candidates.total), MASKED_SCORE)
                     scores[h] = row.index_copy(1, torch.arange(candidates.offset, candidates.offset + local.shape[1],
                                                                device=local.device), local)
@@ -240,13 +239,6 @@ class M3LightningModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _score(head: str, q: M3Reps, p: M3Reps) -> torch.Tensor:
-    """``score_matrix``, with ColBERT through ``maxsim_scores`` (same values and gradients, no per-pair memory)."""
-    if head == "colbert":
-        return maxsim_scores(q.colbert, q.colbert_mask, p.colbert, p.colbert_mask)
-    return score_matrix(head, q, p)
 
 
 def _float_reps(r: M3Reps) -> M3Reps:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from .maxsim import maxsim_scores
+
 
 def dense_scores(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """s_d = e_q · e_p for q (Bq, d), p (Bp, d)."""
@@ -63,5 +65,6 @@ def score_matrix(head: str, q, p) -> torch.Tensor:
     if head == "sparse":
         return sparse_scores(q.input_ids, q.sparse, p.input_ids, p.sparse)
     if head == "colbert":
-        return colbert_scores(q.colbert, q.colbert_mask, p.colbert, p.colbert_mask)
+        # Same values and gradients as ``colbert_scores``; the backward recomputes instead of storing per-pair state.
+        return maxsim_scores(q.colbert, q.colbert_mask, p.colbert, p.colbert_mask)
     raise ValueError(f"unknown head {head!r}")

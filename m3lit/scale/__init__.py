@@ -4,7 +4,7 @@ from .encoding import encode_batch
 from .fsdp import FSDP2Strategy, shard_m3_model
 from .gather import Candidates, gather_candidates
 from .grad_cache import encode_grad_cache
-from .maxsim import maxsim_scores
+from ..model.maxsim import maxsim_scores
 from .nonfinite import NonFiniteLossError
 from .options import EncodingOptions, TrainStepOptions
 from .packing import encode_rows, pack, packed_hidden_states
