@@ -45,7 +45,7 @@ def train_unigram_tokenizer(texts, out_dir: str, vocab_size: int = 32000) -> str
 def small_embedder(tokenizer_dir: str, hidden: int = 384, layers: int = 6, seed: int = 0):
     """Random-init XLM-R encoder (the ``model=small`` shape) with M3 heads, as an M3Embedder on CPU."""
     from m3lit import M3Embedder
-    from m3lit.embedder import load_tokenizer
+    from m3lit.inference.embedder import load_tokenizer
     from m3lit.model import M3Model, build_encoder, special_token_ids
 
     torch.manual_seed(seed)
@@ -119,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from m3lit.eval import RetrievalSettings, encode_dataset, load_beir, search_dataset
-    from m3lit.eval.report import STATS_KEY
+    from m3lit.eval.tables import STATS_KEY
 
     work = args.work_dir or tempfile.mkdtemp(prefix="m3lit_eval_speed_")
     data_dir = pooled_dataset(os.path.join(work, "pooled"), args.docs, args.queries)

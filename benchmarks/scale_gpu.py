@@ -161,7 +161,7 @@ def check_flash() -> bool:
 
 # ------------------------------------------------------------------ memory / throughput sweep
 def build(attn: str, mode: str):
-    from m3lit.embedder import load_tokenizer
+    from m3lit.inference.embedder import load_tokenizer
     from m3lit.loss import M3Loss
     from m3lit.model import build_m3_model
     from m3lit.module import M3LightningModule

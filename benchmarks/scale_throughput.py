@@ -113,10 +113,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="passes over the batches; each batch's best time counts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from m3lit.embedder import load_tokenizer
+    from m3lit.inference.embedder import load_tokenizer
 
     if args.tokenizer is None:
-        from m3lit.config import default_assets_path
+        from m3lit.cli.resolvers import default_assets_path
 
         args.tokenizer = default_assets_path("tokenizer_dir")
     TOKENIZER = load_tokenizer(args.tokenizer)

@@ -7,14 +7,14 @@ __all__ = ["M3Embedder", "M3Model"]
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .embedder import M3Embedder
+    from .inference.embedder import M3Embedder
     from .model import M3Model
 
 
 def __getattr__(name: str) -> Any:
     # Lazy: ``import m3lit.assets`` (or the CLI's --help) should not pay for importing torch and transformers.
     if name == "M3Embedder":
-        from .embedder import M3Embedder
+        from .inference.embedder import M3Embedder
 
         return M3Embedder
     if name == "M3Model":

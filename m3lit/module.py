@@ -10,25 +10,17 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from transformers import PreTrainedTokenizerBase
 
-from .embedder import M3Embedder
+from .inference.embedder import M3Embedder
 from .loss import LossOutput, M3Loss
-from .loss.infonce import group_scores
 from .model import M3Model, M3Reps
-from .model.scores import score_matrix
-from .scale.encoding import encode_batch
-from .scale.fsdp import (FSDP2Strategy, average_replicated_grads, clip_grad_norm_, is_sharded, parse_dtype,
-                         shard_m3_model)
-from .scale.gather import gather_candidates, world
+from .scale.cross_device import score_candidates
+from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
 from .scale.nonfinite import NonFiniteLossError, all_finite, describe
 from .scale.options import TrainStepOptions
 from .scale.split_batch import enable_layer_checkpointing
+from .scale.step_encoding import encode_batch
 
 log = logging.getLogger(__name__)
-
-# Raw score given to candidates a head does not see (other ranks' passages when only some heads gather them):
-# after the temperature its softmax weight is exactly 0, and 0 × it stays finite in weighted ensembles.
-MASKED_SCORE = -1.0e4
-
 
 class M3LightningModule(L.LightningModule):
     """Training step: encode queries (B) and grouped passages (B·G), score every query against the candidates
@@ -83,13 +75,7 @@ class M3LightningModule(L.LightningModule):
         """The model's full state dict when parameters are sharded (DTensors under FSDP2), else ``None``.
 
         A collective under sharding: every rank must call it."""
-        from torch.distributed.tensor import DTensor
-
-        if not any(isinstance(p, DTensor) for p in self.model.parameters()):
-            return None
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return full_state_dict(self.model)
 
     # ------------------------------------------------------------------ training
     def encode(self, features: Mapping[str, torch.Tensor]) -> M3Reps:
@@ -98,35 +84,9 @@ class M3LightningModule(L.LightningModule):
 
     def compute_scores(self, q: M3Reps, p: M3Reps, no_in_batch_neg: bool) -> tuple[dict[str, torch.Tensor],
                                                                                      torch.Tensor, int]:
-        """Scores per head (B, N) in float32, the positive's column per query (B,), and the group size G.
-
-        Candidates: this rank's passages, or, for the heads with ``cross_device`` on (and more than one rank),
-        the passages of all ranks in rank order, so the positive of local query i sits at column
-        offset + i·G. A head without cross-device candidates scores the other ranks' columns ``MASKED_SCORE``.
-        """
-        batch_size = q.input_ids.shape[0]
-        group_size = p.input_ids.shape[0] // batch_size
-        heads = self.model.active_heads
-        with torch.autocast(q.input_ids.device.type, enabled=False):
-            q, p = _float_reps(q), _float_reps(p)
-            pos_index = torch.arange(batch_size, device=q.input_ids.device) * group_size
-            if no_in_batch_neg:
-                scores = {h: group_scores(score_matrix(h, q, p), pos_index, group_size) for h in heads}
-                return scores, torch.zeros_like(pos_index), group_size
-            gathered = tuple(h for h in heads if self.train_step_options.cross_device[h]) if world()[1] > 1 else ()
-            if not gathered:
-                return {h: score_matrix(h, q, p) for h in heads}, pos_index, group_size
-            candidates = gather_candidates(p, gathered)
-            scores = {}
-            for h in heads:
-                if h in gathered:
-                    scores[h] = score_matrix(h, q, candidates.reps)
-                else:
-                    local = score_matrix(h, q, p)
-                    row = local.new_full((batch_size, candidates.total), MASKED_SCORE)
-                    scores[h] = row.index_copy(1, torch.arange(candidates.offset, candidates.offset + local.shape[1],
-                                                               device=local.device), local)
-            return scores, pos_index + candidates.offset, group_size
+        """Scores per head (B, N) in float32, the positive's column per query (B,), and the group size G
+        (``m3lit.scale.cross_device.score_candidates`` with this run's ``cross_device`` settings)."""
+        return score_candidates(q, p, self.model.active_heads, self.train_step_options.cross_device, no_in_batch_neg)
 
     def forward_loss(self, batch: Mapping[str, Any]) -> LossOutput:
         q = self.encode(batch["queries"])
@@ -196,15 +156,8 @@ class M3LightningModule(L.LightningModule):
     def configure_model(self) -> None:
         """Under ``FSDP2Strategy`` (or Lightning's ModelParallelStrategy): shard the model with FSDP2."""
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if not isinstance(strategy, ModelParallelStrategy) or is_sharded(self.model):
-            return
-        options = {}
-        if isinstance(strategy, FSDP2Strategy):
-            options = dict(param_dtype=strategy.resolved_param_dtype(self.trainer.precision),
-                           reduce_dtype=parse_dtype(strategy.reduce_dtype, "reduce_dtype"),
-                           reshard_after_forward=strategy.reshard_after_forward,
-                           activation_checkpointing=strategy.activation_checkpointing)
-        shard_m3_model(self.model, self.device_mesh["data_parallel"], **options)
+        if isinstance(strategy, ModelParallelStrategy):
+            shard_for_strategy(self.model, strategy, self.trainer.precision, self.device_mesh)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
@@ -239,16 +192,6 @@ class M3LightningModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _float_reps(r: M3Reps) -> M3Reps:
-    """Representations in float32 (scores are computed in float32 whatever the training precision)."""
-
-    def f(t: torch.Tensor | None) -> torch.Tensor | None:
-        return t.float() if t is not None else None  # no copy when already float32
-
-    return M3Reps(input_ids=r.input_ids, attention_mask=r.attention_mask, dense=f(r.dense), sparse=f(r.sparse),
-                  colbert=f(r.colbert), colbert_mask=r.colbert_mask)
 
 
 def _zero_loss(module: torch.nn.Module) -> torch.Tensor:

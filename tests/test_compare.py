@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from m3lit.compare import main as compare_main
-from m3lit.runs import (RunRecord, collect_runs, compare, format_table, label_name, read_summary, read_wandb_run,
+from m3lit.cli.compare import main as compare_main
+from m3lit.runs import (RunRecord, collect_runs, compare, format_comparison, label_name, read_summary, read_wandb_run,
                         run_labels)
 from m3lit.runs.collect import parse_wandb_target, wandb_runs
 from m3lit.runs.record import write_summary
@@ -108,7 +108,7 @@ def test_replicates_are_averaged_with_their_spread(tmp_path):
     assert comparison.labels == ["a", "b"] and comparison.runs == {"a": 2, "b": 1}
     assert comparison.value("a", "ndcg@10", "dense") == pytest.approx(0.6)
     assert comparison.std("a", "ndcg@10", "dense") == pytest.approx(0.1414, abs=1e-4)
-    table = format_table(comparison).splitlines()
+    table = format_comparison(comparison).splitlines()
     assert "mean±std over runs" in table[0] and table[1].split() == ["scheme", "dense", "runs"]
     assert table[3].split() == ["a", "0.6000±0.1414", "2"] and table[4].split() == ["b", "0.4000±0.0000", "1"]
     from m3lit.runs import plot, write_csv
@@ -123,7 +123,7 @@ def test_missing_values_show_as_dashes():
             RunRecord("b", "b", "", metrics={"eval/average/sparse/ndcg@10": 0.25})]
     comparison = compare(runs, ["a", "b"])
     assert comparison.modes == ["dense", "sparse"] and math.isnan(comparison.value("a", "ndcg@10", "sparse"))
-    assert format_table(comparison).splitlines()[3].split() == ["a", "0.5000", "-"]
+    assert format_comparison(comparison).splitlines()[3].split() == ["a", "0.5000", "-"]
 
 
 def test_offline_wandb_run_file_is_read_back(tmp_path):

@@ -3,7 +3,6 @@ same batches and losses as an uninterrupted run (CPU, gradient accumulation 2; k
 after the epoch boundary)."""
 
 import lightning as L
-import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from m3lit import M3Embedder
-from m3lit.encode import main
+from m3lit.cli.encode import main
 
 
 def test_encode_cli_jsonl_and_npz(tiny_m3_dir, tmp_path, reference):

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from test_eval_evaluate import make_dataset
 
 from m3lit.eval.callback import RetrievalEvalCallback
-from m3lit.evaluate import CONFIG_DIR, check_keys, run
+from m3lit.cli.evaluate import CONFIG_DIR, check_keys, run
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny_m3")
 ROOT = os.path.dirname(CONFIG_DIR)
@@ -60,7 +60,7 @@ def test_unknown_keys_are_errors(beir_root):
     cfg = eval_config(f"model_path={TINY}", f"beir={beir_root}", "+colour=red")
     with pytest.raises(ValueError, match="unknown key"):
         check_keys(cfg)
-    proc = subprocess.run([sys.executable, "-m", "m3lit.evaluate", f"model_path={TINY}", f"beir={beir_root}",
+    proc = subprocess.run([sys.executable, "-m", "m3lit.cli.evaluate", f"model_path={TINY}", f"beir={beir_root}",
                            "max_lenght=64"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode != 0 and "max_lenght" in proc.stderr
 

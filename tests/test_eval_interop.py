@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from m3lit import M3Embedder
-from m3lit.eval.st_export import export_sentence_transformers
+from m3lit.inference.st_export import export_sentence_transformers
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny_m3")
 TEXTS = [

@@ -5,7 +5,7 @@ from test_eval_evaluate import make_dataset
 
 from m3lit import M3Embedder
 from m3lit.eval import evaluate_beir, load_beir
-from m3lit.eval.mcls import insert_mcls, mcls_length, mcls_pool, mcls_token_mask, mcls_truncated
+from m3lit.inference.mcls import insert_mcls, mcls_length, mcls_pool, mcls_token_mask, mcls_truncated
 
 CLS, EOS = 0, 2
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
-from m3lit.config import CONFIG_DIR, REPO_DIR, default_assets_path
+from m3lit.cli.resolvers import CONFIG_DIR, REPO_DIR, default_assets_path
 from test_sweeps import compose_job, run_job
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from m3lit import M3Embedder
-from m3lit.embedder import load_tokenizer
+from m3lit.inference.embedder import load_tokenizer
 from m3lit.loss import M3Loss
 from m3lit.model import build_m3_model
 from m3lit.module import M3LightningModule

@@ -9,7 +9,7 @@ from hydra.utils import instantiate
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
 from scale_common import TINY_M3  # noqa: E402
 
-from m3lit.config import register_resolvers  # noqa: E402
+from m3lit.cli.resolvers import register_resolvers  # noqa: E402
 from m3lit.scale.fsdp import FSDP2Strategy  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
@@ -43,7 +43,7 @@ def test_other_strategies_still_compose(name):
 @pytest.mark.parametrize("group, mode", [("default", "plain"), ("split_batch", "split_batch"),
                                          ("grad_cache", "grad_cache")])
 def test_train_step_reaches_the_module(group, mode):
-    from m3lit.train import build_module
+    from m3lit.cli.train import build_module
 
     c = cfg(f"train_step={group}", "train_step.encoding.packing=true", "train_step.cross_device.colbert=false")
     module = build_module(c)

@@ -19,8 +19,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from m3lit.compare import main as compare_main
-from m3lit.config import CONFIG_DIR, REPO_DIR, register_resolvers
+from m3lit.cli.compare import main as compare_main
+from m3lit.cli.resolvers import CONFIG_DIR, REPO_DIR, register_resolvers
 from m3lit.runs import local_runs, read_summary, read_wandb_run
 from m3lit.runs.wandb_file import iter_record_bytes
 
@@ -51,7 +51,7 @@ def compose_job(overrides: list[str], output_dir: Path):
 
 def run_job(overrides: list[str], output_dir: Path) -> dict:
     """Train one fast_dev_run step in-process; returns the run summary m3lit_run.json."""
-    from m3lit.train import run
+    from m3lit.cli.train import run
 
     cfg = compose_job(overrides + QUICK, output_dir)
     value = run(cfg)
@@ -166,7 +166,7 @@ def test_every_wandb_sweep_file_runs_m3lit_train_with_hydra_overrides(name, tmp_
 def _train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
     env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "m3lit.train"] + args, cwd=cwd, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "m3lit.cli.train"] + args, cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc

@@ -1,4 +1,4 @@
-"""TrackingCallback (m3lit.tracking): gradient norm, config logging, run summary on success and failure, rank 0 only."""
+"""TrackingCallback (m3lit.runs.tracking): gradient norm, config logging, run summary on success and failure, rank 0 only."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from m3lit.tracking import TrackingCallback, gradient_norm
+from m3lit.runs.tracking import TrackingCallback, gradient_norm
 
 
 class RecordingLogger:

@@ -14,7 +14,7 @@ HEADS = ("dense", "sparse", "colbert", "all")
 
 
 def test_default_training_improves_every_head_and_exports(tmp_path):
-    cmd = [sys.executable, "-m", "m3lit.train", "logger=csv", f"hydra.run.dir={tmp_path}",
+    cmd = [sys.executable, "-m", "m3lit.cli.train", "logger=csv", f"hydra.run.dir={tmp_path}",
            "trainer.max_steps=160", "callbacks.retrieval_eval.every_n_steps=0",
            "callbacks.retrieval_eval.max_queries=30", "callbacks.retrieval_eval.print_table=false"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,

@@ -54,10 +54,6 @@ class BucketTable:
             raise DataConfigError(f"batch sizes must be >= 1, got {list(sizes)}")
         return cls(bounds, sizes, None if token_budget is None else int(token_budget))
 
-    @property
-    def n_buckets(self) -> int:
-        return len(self.boundaries) - 1
-
     def bucket_of(self, lengths: np.ndarray) -> np.ndarray:
         """int [n]: bucket index of each length."""
         return np.searchsorted(np.asarray(self.boundaries[1:-1]), lengths, side="right")

@@ -21,7 +21,7 @@ _TAG_CHOICE = 21
 
 
 @dataclass
-class Group:
+class PassageGroup:
     """The G passages (positive first) chosen for one query, with their teacher scores (or None)."""
 
     passages: list[str]
@@ -30,12 +30,12 @@ class Group:
     removed: int  # negatives dropped as duplicates of another negative or of a positive
 
 
-def choose_group(rec: TrainRecord, group_size: int, rng: np.random.Generator) -> Group:
+def choose_group(rec: TrainRecord, group_size: int, rng: np.random.Generator) -> PassageGroup:
     p = int(rng.integers(len(rec.pos)))
     passages = [rec.pos[p]]
     scores = [rec.pos_scores[p]] if rec.pos_scores is not None else None
     if group_size == 1:
-        return Group(passages, scores, 0, 0)
+        return PassageGroup(passages, scores, 0, 0)
     positives = set(rec.pos)
     first: dict[str, int] = {}
     for j, text in enumerate(rec.neg):
@@ -56,7 +56,7 @@ def choose_group(rec: TrainRecord, group_size: int, rng: np.random.Generator) ->
     passages += [rec.neg[j] for j in picked]
     if scores is not None:
         scores += [rec.neg_scores[j] for j in picked]
-    return Group(passages, scores, repeats, removed)
+    return PassageGroup(passages, scores, repeats, removed)
 
 
 def query_text(rec: TrainRecord, opts: DatasetOptions) -> str:

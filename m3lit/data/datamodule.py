@@ -32,7 +32,7 @@ from .buckets import PAPER_BATCH_SIZES, PAPER_BOUNDARIES, BucketTable
 from .dataset import BadLineReport, DatasetView, Unit, load_dataset
 from .errors import DataConfigError, EmptyDatasetError
 from .lengths import LENGTH_MODES, tokenizer_fingerprint
-from .sampler import BatchPlan, Group
+from .sampler import BatchPlan, BucketRows
 from .sources import DatasetOptions, resolve_datasets
 from .stream import EpochLoader, MicroBatchStream
 
@@ -167,7 +167,7 @@ class M3DataModule(L.LightningDataModule):
         if not 0 <= self.rank < self.world_size:
             raise DataConfigError(f"rank {self.rank} outside world size {self.world_size}")
         views = self._load_views()
-        groups: list[Group] = []
+        groups: list[BucketRows] = []
         for u, unit in enumerate(self.units):
             view = views[unit.dataset]
             buckets = self.table.bucket_of(view.lengths[unit.rows])
@@ -175,7 +175,7 @@ class M3DataModule(L.LightningDataModule):
                 rows = unit.rows[buckets == b]
                 size = self.table.batch_size_for(int(b), view.spec.options.group_size, int(view.lengths[rows].max()),
                                                  self.pad_to_multiple_of)
-                groups.append(Group(u, int(b), rows, view.query_hash[rows], size, view.lengths[rows]))
+                groups.append(BucketRows(u, int(b), rows, view.query_hash[rows], size, view.lengths[rows]))
         weights = np.array([views[u.dataset].spec.options.weight for u in self.units])
         self.plan = BatchPlan(groups, len(self.units), weights, seed=self.seed, world_size=self.world_size,
                               accumulate=self.accumulate, alpha=self.sampling_alpha,

@@ -56,7 +56,6 @@ class DatasetView:
         self.language = np.concatenate(languages).astype(np.int16)
         self.language_names = language_names
         self.query_hash = np.concatenate([f.query_hash[k] for f, k in zip(files, keep)])
-        self.has_scores = np.concatenate([f.has_scores[k] for f, k in zip(files, keep)])
 
     def __len__(self) -> int:
         return int(self.file_row.shape[0])
@@ -68,10 +67,6 @@ class DatasetView:
     def record(self, row: int) -> TrainRecord:
         f = int(self.file_id[row])
         return self.readers[f].record(self.files[f], int(self.file_row[row]))
-
-    def where(self, row: int) -> tuple[str, int]:
-        f = int(self.file_id[row])
-        return self.files[f].path, int(self.files[f].line_no[self.file_row[row]])
 
     def units(self, dataset_id: int) -> list[Unit]:
         return [

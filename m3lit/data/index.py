@@ -51,12 +51,6 @@ class FileIndex:
     def __len__(self) -> int:
         return int(self.start.shape[0])
 
-    def first_error(self) -> BadLineError | None:
-        if not self.bad_lines:
-            return None
-        line, field, message = self.bad_lines[0]
-        return BadLineError(self.path, line, field, message)
-
 
 def query_hash(query: str) -> int:
     return int.from_bytes(hashlib.blake2b(query.encode("utf-8"), digest_size=8).digest(), "little")

@@ -30,7 +30,7 @@ _TAG_GROUP, _TAG_PASS_ORDER, _TAG_SCHEDULE = 11, 12, 13
 
 
 @dataclass(frozen=True)
-class Group:
+class BucketRows:
     unit: int
     bucket: int
     rows: np.ndarray  # int64 dataset rows
@@ -91,7 +91,7 @@ def cut_global_batches(rows: np.ndarray, hashes: np.ndarray, size: int, quantum:
 class BatchPlan:
     """Global batches of every (epoch, step). ``groups`` are listed unit by unit."""
 
-    def __init__(self, groups: list[Group], n_units: int, unit_weights: np.ndarray, *, seed: int, world_size: int,
+    def __init__(self, groups: list[BucketRows], n_units: int, unit_weights: np.ndarray, *, seed: int, world_size: int,
                  accumulate: int, alpha: float = 1.0, steps_per_epoch: int | None = None,
                  length_sort_pool: int = 0):
         self.groups = groups

@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from .beir import BeirDataset
 from .evaluator import RetrievalSettings, as_datasets, evaluate_beir
 from .hybrid import hybrids_from_names
-from .report import AVERAGE_KEY, STATS_KEY, average_results, format_results
+from .tables import AVERAGE_KEY, STATS_KEY, average_results, format_results
 
 log = logging.getLogger(__name__)
 

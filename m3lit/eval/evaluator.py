@@ -14,13 +14,13 @@ from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
+from ..inference.mcls import MCLS_INTERVAL
 from .beir import BeirDataset, load_beir_datasets
-from .encoding import HEADS, EncodedTexts, SharedTextCache, encode_texts
+from .corpus_encoding import HEADS, EncodedTexts, SharedTextCache, encode_texts
 from .hybrid import DEFAULT_HYBRIDS, hybrid_search
-from .mcls import MCLS_INTERVAL
 from .metrics import DEFAULT_METRICS, evaluate_ranked, max_cutoff
-from .report import AVERAGE_KEY, STATS_KEY, average_results, format_results
 from .search import Ranking, colbert_search, dense_search, rerank, sparse_search
+from .tables import AVERAGE_KEY, STATS_KEY, average_results, format_results
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .encoding import HEADS, EncodedTexts
+from .corpus_encoding import HEADS, EncodedTexts
 from .search import Ranking, candidates_scores, sort_ranking
 
 DEFAULT_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}

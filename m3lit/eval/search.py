@@ -16,7 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .encoding import ColbertStore, EncodedTexts
+from .corpus_encoding import ColbertStore, EncodedTexts
 
 
 @dataclass

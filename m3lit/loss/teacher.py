@@ -31,7 +31,6 @@ class TeacherAggregator(nn.Module):
     """Base: s_e = Σ_h w_h s_h over the active heads; p = softmax(s_e) (the M3 self-knowledge teacher)."""
 
     uses_external = False
-    needs_external = False
 
     def __init__(self, weights: Mapping[str, float] | None = None):
         super().__init__()
@@ -94,7 +93,6 @@ class ExternalTeacher(TeacherAggregator):
     """Targets from the data's teacher scores (``pos_scores``/``neg_scores``); ``weights`` still define s_e."""
 
     uses_external = True
-    needs_external = True
 
     def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
         if external is None:

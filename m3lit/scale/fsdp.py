@@ -5,7 +5,7 @@ dimension and the sharding options below; ``M3LightningModule.configure_model`` 
 which applies ``fully_shard`` to every transformer block (the encoder's ``_no_split_modules``: layers and
 embeddings), to the encoder, and to the sparse and ColBERT heads. Runs on GPUs (NCCL) and on CPU (gloo).
 Checkpoints are sharded (one file per rank, torch.distributed.checkpoint) unless ``save_distributed_checkpoint``
-is false; the BGE-M3 export consolidates the full state dict (``M3LightningModule.full_model_state_dict``).
+is false; the BGE-M3 export consolidates the full state dict (:func:`full_state_dict`).
 """
 from __future__ import annotations
 
@@ -137,3 +137,27 @@ def clip_grad_norm_(params: Iterable[nn.Parameter], max_norm: float) -> torch.Te
     for g in grads:
         (g.to_local() if isinstance(g, DTensor) else g).mul_(coef.to(g.dtype))
     return total
+
+
+def shard_for_strategy(model: M3Model, strategy: ModelParallelStrategy, precision: str | None, device_mesh) -> None:
+    """Shard ``model`` for Lightning's ``ModelParallelStrategy`` (with ``FSDP2Strategy``'s options when it is one);
+    a model that is already sharded is left alone."""
+    if is_sharded(model):
+        return
+    options = {}
+    if isinstance(strategy, FSDP2Strategy):
+        options = dict(param_dtype=strategy.resolved_param_dtype(precision),
+                       reduce_dtype=parse_dtype(strategy.reduce_dtype, "reduce_dtype"),
+                       reshard_after_forward=strategy.reshard_after_forward,
+                       activation_checkpointing=strategy.activation_checkpointing)
+    shard_m3_model(model, device_mesh["data_parallel"], **options)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full (consolidated, on CPU) state dict of a model whose parameters are DTensors, else ``None``.
+    A collective under sharding: every rank must call it."""
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

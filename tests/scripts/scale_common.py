@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # scripts run as files, from any directory
     sys.path.insert(0, str(ROOT))
 
-from m3lit.embedder import load_tokenizer
+from m3lit.inference.embedder import load_tokenizer
 from m3lit.loss import LearnedTeacher, M3Loss
 from m3lit.model import build_m3_model
 from m3lit.module import M3LightningModule

@@ -50,7 +50,7 @@ def averaged(loss, g):
 
 def reference(batch, local_heads=()):
     """One process, whole batch; heads in ``local_heads`` only see candidates from the query's own rank."""
-    from m3lit.module import MASKED_SCORE
+    from m3lit.scale.cross_device import MASKED_SCORE
 
     module = tiny_module(cross_device=False)
     original = module.compute_scores
@@ -137,7 +137,7 @@ def worker(rank, port, out_path):
     local = rank_slice(batch, rank, WORLD)
     results = {"lengths": [local["passages"]["input_ids"].shape[1]]}
 
-    import m3lit.module as module_lib
+    import m3lit.scale.cross_device as module_lib
 
     cases = {"all": ({h: True for h in HEADS}, ()),
              "mixed": ({"dense": True, "sparse": True, "colbert": False}, ("colbert",))}

@@ -100,7 +100,7 @@ def worker(rank, port, workdir):
     module_c, state_c, teacher_c, _, trainer_c = fit(rank, port, local, STEPS, ckpt_path=ckpt, **cached)
     export_dir = os.path.join(workdir, "export")
     if rank == 0:
-        from m3lit.export import export_bge_m3
+        from m3lit.inference.export import export_bge_m3
 
         export_bge_m3(module_c.model, module_c.tokenizer, export_dir, state_dict=state_c)
     module_d, _, _, probe_d, _ = fit(rank, port, local, 1, precision="bf16-mixed")

@@ -7,7 +7,7 @@ from typing import Mapping
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from .model import M3Model
+from ..model import M3Model
 
 
 def export_bge_m3(model: M3Model, tokenizer: PreTrainedTokenizerBase, directory: str,

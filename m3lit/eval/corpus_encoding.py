@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from .mcls import mcls_truncated
+from ..inference.mcls import mcls_truncated
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ class EncodedTexts:
     tokens: int | None = None
     max_length: int | None = None
     seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def sparse_rows_to_csr(rows: Sequence[Mapping[Any, float]], width: int | None = None) -> sp.csr_matrix:
@@ -100,7 +99,7 @@ def sparse_rows_to_csr(rows: Sequence[Mapping[Any, float]], width: int | None = 
 
 def encoder_length_limit(encoder: Any) -> int | None:
     """Most tokens the encoder's position embeddings take (M3Embedder: ``model.encoder.config``), if known."""
-    from .st_export import position_limit
+    from ..model.positions import position_limit
 
     model = getattr(encoder, "model", None)
     for candidate in (getattr(model, "encoder", None), model):

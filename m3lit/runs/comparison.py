@@ -165,7 +165,7 @@ def _cell(comparison: "Comparison", label: str, metric: str, mode: str) -> str:
     return _fmt(value)
 
 
-def format_table(comparison: Comparison, markdown: bool = False) -> str:
+def format_comparison(comparison: Comparison, markdown: bool = False) -> str:
     """One block per metric: rows = run labels, columns = heads and hybrids (mean±std over replicates)."""
     blocks = []
     where = (f"average over {comparison.n_datasets} datasets" if comparison.dataset == "average"

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 import hydra
@@ -15,12 +14,12 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .config import CONFIG_DIR, register_resolvers
-from .embedder import load_tokenizer
-from .export import export_bge_m3
-from .model import build_m3_model
-from .module import M3LightningModule
-from .tracking import attach_run_config, log_export
+from ..inference.embedder import load_tokenizer
+from ..inference.export import export_bge_m3
+from ..model import build_m3_model
+from ..module import M3LightningModule
+from ..runs.tracking import attach_run_config, log_export
+from .resolvers import CONFIG_DIR, register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()

@@ -23,8 +23,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
-from .runs.record import SUMMARY_FILE, numeric_metrics
-from .runs.record import write_summary as write_summary_file
+from .record import SUMMARY_FILE, numeric_metrics
+from .record import write_summary as write_summary_file
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class TrackingCallback(Callback):
 
     # ------------------------------------------------------------------ set by m3lit-train
     def attach(self, cfg: DictConfig) -> None:
-        """Remember the run's config (resolved) and Hydra context; called by ``m3lit.train.build_trainer``."""
+        """Remember the run's config (resolved) and Hydra context; called by ``m3lit.cli.train.build_trainer``."""
         try:
             config = OmegaConf.to_container(cfg, resolve=True)
         except Exception as err:  # e.g. ${hydra:...} outside a Hydra app: keep the interpolations as written

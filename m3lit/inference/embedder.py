@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from ..model import M3Model, M3Reps, special_token_ids
+from ..model.scores import colbert_scores, dense_scores, sparse_scores
 from .export import export_bge_m3
-from .model import M3Model, M3Reps, special_token_ids
-from .model.scores import colbert_scores, dense_scores, sparse_scores
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
@@ -73,7 +73,7 @@ class M3Embedder:
         positions (MCLS, for long documents)."""
         if not mcls_interval:
             return self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"]
-        from .eval.mcls import insert_mcls
+        from .mcls import insert_mcls
 
         content = self.tokenizer(list(texts), add_special_tokens=False, padding=False)["input_ids"]
         return [insert_mcls(ids, self.tokenizer.cls_token_id, self.tokenizer.eos_token_id, max_length, mcls_interval)
@@ -99,7 +99,7 @@ class M3Embedder:
                 if not mcls_interval:
                     yield chunk, self.model(input_ids, mask, heads=heads)
                     continue
-                from .eval.mcls import mcls_pool, mcls_token_mask
+                from .mcls import mcls_pool, mcls_token_mask
 
                 hidden = self.model.hidden_states(input_ids, mask)
                 reps = self.model.heads_from_hidden(hidden, input_ids, mask, heads)

@@ -6,7 +6,7 @@ import os
 from omegaconf import OmegaConf
 
 # The Hydra configs: the repository's top-level conf/ folder.
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO_DIR, "conf")
 DEFAULT_ASSETS_ROOT = os.path.join("~", ".cache", "m3lit", "default_assets")
 
@@ -14,7 +14,7 @@ DEFAULT_ASSETS_ROOT = os.path.join("~", ".cache", "m3lit", "default_assets")
 def default_assets_path(name: str) -> str:
     """Path ``name`` (root, train_dir, dev_dir, tokenizer_dir) of the embedded default assets, generated on first
     use under ``$M3LIT_ASSETS`` (default ``~/.cache/m3lit/default_assets``)."""
-    from .assets import ensure_default_assets
+    from ..assets import ensure_default_assets
 
     assets = ensure_default_assets(os.path.expanduser(os.environ.get("M3LIT_ASSETS", DEFAULT_ASSETS_ROOT)))
     if not hasattr(assets, name):

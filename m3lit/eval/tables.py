@@ -49,7 +49,7 @@ def metrics_of(results: Mapping[str, Mapping]) -> list[str]:
     return metrics
 
 
-def format_table(results: Mapping[str, Mapping], metric: str, baseline: Mapping[str, float] | None = None,
+def format_metric_table(results: Mapping[str, Mapping], metric: str, baseline: Mapping[str, float] | None = None,
                  baseline_name: str = "bm25") -> str:
     """One table for ``metric``: a row per dataset (and the average), a column per mode (+ a baseline)."""
     modes = modes_of(results)
@@ -84,7 +84,7 @@ def format_results(results: Mapping[str, Mapping], baselines: Mapping[str, Mappi
 
     ``baselines``: {metric: {dataset: value}} shown as an extra column (e.g. BM25).
     """
-    parts = [format_table(results, m, (baselines or {}).get(m) if baselines else None)
+    parts = [format_metric_table(results, m, (baselines or {}).get(m) if baselines else None)
              for m in metrics_of(results)]
     notes = []
     for name, per in results.items():

@@ -14,7 +14,9 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-log = logging.getLogger("m3lit.evaluate")
+from .resolvers import CONFIG_DIR
+
+log = logging.getLogger("m3lit.cli.evaluate")
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -24,7 +26,7 @@ def load_encoder(model_path: str, device: str | None = None, dtype: str = "float
     """An ``M3Embedder`` on ``device`` (default: cuda when available) with weights in ``dtype``."""
     import torch
 
-    from .embedder import M3Embedder
+    from ..inference.embedder import M3Embedder
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {DTYPES}")
@@ -41,9 +43,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as configured by ``cfg`` (see conf/eval.yaml); returns the results dict."""
     import torch
 
-    from .eval.evaluator import RetrievalSettings, evaluate_beir
-    from .eval.hybrid import hybrids_from_names
-    from .eval.report import AVERAGE_KEY, format_results, load_baseline
+    from ..eval.evaluator import RetrievalSettings, evaluate_beir
+    from ..eval.hybrid import hybrids_from_names
+    from ..eval.tables import AVERAGE_KEY, format_results, load_baseline
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
@@ -73,7 +75,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return results
 
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 def check_keys(cfg: DictConfig) -> None:
@@ -84,7 +85,7 @@ def check_keys(cfg: DictConfig) -> None:
         raise ValueError(f"m3lit-eval: unknown key(s) {unknown}; known keys: {sorted(known)}")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     check_keys(cfg)
     OmegaConf.set_readonly(cfg, True)

@@ -10,31 +10,14 @@ import json
 import os
 from typing import Any
 
-# XLM-R-like models offset positions by padding_idx + 1, so they fit max_position_embeddings - 2 tokens.
-_POSITION_OFFSET_TYPES = ("xlm-roberta", "roberta", "camembert")
-
-
-def position_limit(encoder_config: Any) -> int | None:
-    """Longest input the encoder's absolute position embeddings allow (None if the config does not say)."""
-    positions = getattr(encoder_config, "max_position_embeddings", None)
-    if positions is None:
-        return None
-    if getattr(encoder_config, "model_type", "") in _POSITION_OFFSET_TYPES:
-        positions -= (getattr(encoder_config, "pad_token_id", 1) or 1) + 1
-    return int(positions)
-
-
-def usable_length(encoder_config: Any, tokenizer: Any, limit: int = 8192) -> int:
-    """Longest input the encoder's position embeddings and the tokenizer allow (at most ``limit``)."""
-    positions = position_limit(encoder_config) or limit
-    return int(min(limit, positions, getattr(tokenizer, "model_max_length", limit) or limit))
+from ..model.positions import usable_length
 
 
 def export_sentence_transformers(embedder: Any, directory: str, max_seq_length: int | None = None) -> str:
     """Write ``embedder`` (an ``M3Embedder``, or the path of a BGE-M3 directory) as a dense-only
     sentence-transformers model in ``directory``; returns its absolute path."""
     if isinstance(embedder, (str, os.PathLike)):
-        from ..embedder import M3Embedder
+        from .embedder import M3Embedder
 
         embedder = M3Embedder.from_pretrained(os.fspath(embedder))
     model, tokenizer = embedder.model, embedder.tokenizer

@@ -16,12 +16,12 @@ import sys
 
 import numpy as np
 
-from .embedder import M3Embedder
+from ..inference.embedder import M3Embedder
 
 
 def read_texts(path: str, field: str, id_field: str | None) -> tuple[list[str], list[str]]:
     """Texts and ids of a jsonl(.gz) file; errors name ``path:line`` and the field."""
-    from .eval.beir import BeirFormatError, iter_jsonl
+    from ..eval.beir import BeirFormatError, iter_jsonl
 
     if not os.path.isfile(path):
         raise SystemExit(f"m3lit-encode: {path}: no such file")

@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Sequence
 
-from .runs import RunRecord, collect_runs, compare, format_table, label_name, plot, run_labels, write_csv
+from ..runs import RunRecord, collect_runs, compare, format_comparison, label_name, plot, run_labels, write_csv
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -49,7 +49,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def should_log_online(mode: str, target: str) -> bool:
     if mode != "auto":
         return mode == "on"
-    from .config import wandb_mode
+    from .resolvers import wandb_mode
 
     return not os.path.exists(target) or wandb_mode() == "online"
 
@@ -63,7 +63,7 @@ def log_to_wandb(runs: Sequence[RunRecord], table_rows: list[list], columns: lis
     project = logger_cfg.get("project") or "m3lit"
     entity = logger_cfg.get("entity") or None
     if not os.path.exists(target):
-        from .runs.collect import parse_wandb_target
+        from ..runs.collect import parse_wandb_target
 
         path = parse_wandb_target(target)[0].split("/")
         project, entity = path[-1], (path[0] if len(path) == 2 else entity)
@@ -96,10 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for run, label in zip(runs, labels):
         print(f"  {label}: {run.name} ({run.status}) {run.source}")
     print()
-    print(format_table(comparison))
+    print(format_comparison(comparison))
     md = os.path.join(output, "compare.md")
     with open(md, "w", encoding="utf-8") as f:
-        f.write(format_table(comparison, markdown=True) + "\n")
+        f.write(format_comparison(comparison, markdown=True) + "\n")
     csv_path = write_csv(comparison, os.path.join(output, "compare.csv"))
     png = None
     if args.plot_metric in comparison.metrics:
