@@ -5,20 +5,51 @@ For one query with ranked list d_1, d_2, … and grades g(d) (unjudged = 0; grad
   with linear gain g' = g if g ≥ 1 else 0 (Järvelin & Kekäläinen; pytrec_eval's ``ndcg_cut``).
 - ``recall@k`` = |{relevant} ∩ top-k| / |{relevant}|  (all relevant judgments, retrieved or not).
 - ``mrr@k``    = 1 / rank of the first relevant document within the top k, else 0.
-- ``precision@k`` = |{relevant} ∩ top-k| / k.
+- ``precision@k`` = |{relevant} ∩ top-k| / k  (k even when fewer than k documents were retrieved).
 A query with no relevant judgment scores 0. Means are over all queries of the qrels; a query missing from
-the run scores 0. Tied scores keep the order the run gives them (stable sort).
+the run scores 0. Tied scores keep the order the run gives them (stable sort). A document listed twice in a
+ranked list counts once, at its first (best) rank.
+
+The per-query values come from torchmetrics' functional retrieval metrics (``retrieval_normalized_dcg``,
+``retrieval_recall``, ``retrieval_reciprocal_rank``, ``retrieval_precision``, each with ``top_k=k``) fed the FULL
+qrels of the query. The candidates passed are k slots — the top k of the ranked list in rank order, padded with
+non-relevant dummies when fewer than k were retrieved, so that the top k never holds an unretrieved document —
+followed by every relevant judgment outside that top k (ranked deeper or never retrieved; target = its grade).
+torchmetrics sorts by ``preds`` itself (and averages the gains of tied ``preds`` in ndcg), so ``preds`` is the
+strictly decreasing k, k-1, …, 1 over the slots (the run's order, ties included) and 0, -1, -2, … after them;
+torchmetrics' recall / precision / reciprocal rank also treat ``preds ≤ 0`` as not retrieved, which those
+documents are. Targets: clamped grades for ndcg (torchmetrics' ndcg is the linear-gain Σ g / log2(i + 1) with the
+ideal over all passed targets, cut at k), ``grade ≥ 1`` for the others.
+Identical inputs are computed once (cached), and to make them common over thousands of queries each input is
+reduced to what its metric depends on, which leaves the value unchanged: trailing non-relevant slots are left to
+the padding; ndcg gets only the k best grades outside the top k (the ideal cut at k uses no more); recall and
+precision get their top-k hits first (they only count them); mrr gets nothing after its first hit.
+torchmetrics computes in float32 (it casts ``preds`` to float32 — exact for these integers — and accumulates ndcg
+in float32), so values agree with the float64 definitions above to about 1e-7 (ndcg@1000: about 2e-6).
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Iterable, Mapping, Sequence
 
-import numpy as np
+import torch
+from torchmetrics.functional.retrieval import (
+    retrieval_normalized_dcg,
+    retrieval_precision,
+    retrieval_recall,
+    retrieval_reciprocal_rank,
+)
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10")
 _METRIC = re.compile(r"^(ndcg|recall|mrr|precision)@(\d+)$")
+_FUNCTIONS = {
+    "ndcg": retrieval_normalized_dcg,
+    "recall": retrieval_recall,
+    "mrr": retrieval_reciprocal_rank,
+    "precision": retrieval_precision,
+}
 
 
 def parse_metric(name: str) -> tuple[str, int]:
@@ -33,31 +64,62 @@ def max_cutoff(metrics: Iterable[str]) -> int:
     return max(parse_metric(m)[1] for m in metrics)
 
 
+@functools.lru_cache(maxsize=1 << 13)
+def _torchmetrics_value(kind: str, k: int, top: tuple[int, ...], rest: tuple[int, ...]) -> float:
+    """torchmetrics' metric@k of one query whose top-k gains are ``top`` (len ≤ k, rank order) and whose other
+    relevant judgments (outside the top k) have gains ``rest``.
+
+    Candidates: ``top``, then non-relevant dummies up to k slots, then ``rest``; preds k, k-1, …, 1 over the k
+    slots and 0, -1, … over ``rest`` (strictly decreasing, so torchmetrics' sort reproduces this order and no
+    two candidates tie)."""
+    target = torch.tensor(top + (0,) * (k - len(top)) + rest, dtype=torch.long)
+    preds = torch.arange(k, k - len(target), -1, dtype=torch.float64)
+    if kind != "ndcg":
+        target = target >= 1  # binary relevance for recall / precision / reciprocal rank
+    with torch.inference_mode():
+        return float(_FUNCTIONS[kind](preds, target, top_k=k))
+
+
+def _parsed(metrics: Sequence[str]) -> list[tuple[str, str, int]]:
+    return [(m, *parse_metric(m)) for m in metrics]
+
+
+def _query_values(ranked: Sequence[str], judged: Mapping[str, int], parsed: Sequence[tuple[str, str, int]],
+                  ) -> dict[str, float]:
+    relevant = {d: int(g) for d, g in judged.items() if g >= 1}  # grades < 1: not relevant (gain 0)
+    deepest = max((k for _, _, k in parsed), default=0)
+    top_docs = list(ranked[:deepest])
+    if len(set(top_docs)) < len(top_docs):  # a doc listed twice counts once, at its first rank
+        top_docs = []
+        for d in dict.fromkeys(ranked):
+            top_docs.append(d)
+            if len(top_docs) == deepest:
+                break
+    gains = [relevant.get(d, 0) for d in top_docs]
+    ranks = [i for i, g in enumerate(gains) if g]  # 0-based ranks of the retrieved relevant docs
+    retrieved = set(top_docs)
+    unretrieved = [g for d, g in relevant.items() if d not in retrieved]  # never retrieved (or ranked too deep)
+    out: dict[str, float] = {}
+    for name, kind, k in parsed:
+        hits = sum(1 for i in ranks if i < k)
+        n_rest = len(relevant) - hits  # relevant judgments outside the top k (ranked lower or unretrieved)
+        if kind == "ndcg":  # graded targets: the top-k gains in rank order, then the other relevant grades
+            top = tuple(gains[: ranks[hits - 1] + 1]) if hits else ()  # trailing zeros = the padding dummies
+            rest = tuple(sorted([gains[i] for i in ranks[hits:]] + unretrieved, reverse=True)[:k])
+        elif kind == "mrr":  # reciprocal rank only sees the first hit in the top k
+            top = (0,) * ranks[0] + (1,) if hits else ()
+            rest = (1,) * n_rest
+        else:  # recall / precision only count the hits in the top k
+            top = (1,) * hits
+            rest = (1,) * n_rest
+        out[name] = _torchmetrics_value(kind, k, top, rest)
+    return out
+
+
 def query_metrics(ranked: Sequence[str], judged: Mapping[str, int], metrics: Sequence[str] = DEFAULT_METRICS,
                   ) -> dict[str, float]:
     """Metrics of one ranked list of doc ids against one query's judgments {doc id: grade}."""
-    relevant = {d: g for d, g in judged.items() if g >= 1}
-    out: dict[str, float] = {}
-    if not relevant:
-        return {m: 0.0 for m in metrics}
-    gains = np.array([relevant.get(d, 0) for d in ranked], dtype=np.float64)
-    ideal = np.sort(np.fromiter(relevant.values(), dtype=np.float64))[::-1]
-    for name in metrics:
-        kind, k = parse_metric(name)
-        top = gains[:k]
-        if kind == "ndcg":
-            discounts = 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
-            dcg = float(np.dot(top, discounts[: len(top)]))
-            idcg = float(np.dot(ideal[:k], discounts[: min(k, len(ideal))]))
-            out[name] = dcg / idcg
-        elif kind == "recall":
-            out[name] = float(np.count_nonzero(top)) / len(relevant)
-        elif kind == "precision":
-            out[name] = float(np.count_nonzero(top)) / k
-        else:
-            hits = np.flatnonzero(top)
-            out[name] = 1.0 / (hits[0] + 1) if len(hits) else 0.0
-    return out
+    return _query_values(ranked, judged, _parsed(metrics))
 
 
 def evaluate_ranked(ranked: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]],
@@ -67,13 +129,12 @@ def evaluate_ranked(ranked: Mapping[str, Sequence[str]], qrels: Mapping[str, Map
 
     With ``per_query=True`` also returns {query id: {metric: value}}.
     """
-    for m in metrics:
-        parse_metric(m)
+    parsed = _parsed(metrics)
     if not qrels:
         raise ValueError("evaluate: qrels are empty")
     per: dict[str, dict[str, float]] = {}
     for qid, judged in qrels.items():
-        per[qid] = query_metrics(ranked.get(qid, ()), judged, metrics)
+        per[qid] = _query_values(ranked.get(qid, ()), judged, parsed)
     means = {m: math.fsum(v[m] for v in per.values()) / len(per) for m in metrics}
     return (means, per) if per_query else means
 
