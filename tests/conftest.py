@@ -1,5 +1,8 @@
 import json
 import os
+import re
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -32,3 +35,33 @@ def tokenizer(tiny_m3_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_m3_dir)
+
+
+# ---------------------------------------------------------------- the installed console scripts
+BIN_DIR = Path(sys.executable).parent
+
+
+def console_script(name: str, bin_dir: Path = BIN_DIR) -> str:
+    """Path of an installed ``m3lit-*`` executable (beside the interpreter running the tests)."""
+    path = bin_dir / name
+    assert path.is_file(), f"{path}: console script not installed"
+    return str(path)
+
+
+def run_console(name: str, *args: str, cwd: Path, bin_dir: Path = BIN_DIR, timeout: int = 900,
+                env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``name`` (an installed console script) with ``args`` from ``cwd``, as a user would; with ``check`` the
+    exit code must be 0 (the output tail is shown otherwise)."""
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", **(env or {})}
+    proc = subprocess.run([console_script(name, bin_dir), *args], cwd=str(cwd), capture_output=True, text=True,
+                          timeout=timeout, env=full_env)
+    if check:
+        assert proc.returncode == 0, f"{name} {' '.join(args)}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def exported_dir(proc: subprocess.CompletedProcess) -> str:
+    """The ``exported: DIR`` line m3lit-train prints."""
+    found = re.findall(r"^exported: (.+)$", proc.stdout, flags=re.M)
+    assert len(found) == 1, proc.stdout[-2000:]
+    return found[0]

@@ -1,20 +1,18 @@
 import json
 import os
 from pathlib import Path
-import subprocess
-import sys
 
 import pytest
+from conftest import run_console
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from test_eval_evaluate import make_dataset
 
-from m3lit.eval.callback import RetrievalEvalCallback
 from m3lit.cli.evaluate import CONFIG_DIR, check_keys, run
+from m3lit.eval.callback import RetrievalEvalCallback
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny_m3")
-ROOT = os.path.dirname(CONFIG_DIR)
 
 
 def eval_config(*overrides):
@@ -56,12 +54,12 @@ def test_hybrid_names_weights_and_subset(beir_root, tmp_path):
     assert results["de"]["dense+sparse"] == pytest.approx(results["de"]["dense"])
 
 
-def test_unknown_keys_are_errors(beir_root):
+def test_unknown_keys_are_errors(beir_root, tmp_path):
     cfg = eval_config(f"model_path={TINY}", f"beir={beir_root}", "+colour=red")
     with pytest.raises(ValueError, match="unknown key"):
         check_keys(cfg)
-    proc = subprocess.run([sys.executable, "-m", "m3lit.cli.evaluate", f"model_path={TINY}", f"beir={beir_root}",
-                           "max_lenght=64"], capture_output=True, text=True, cwd=ROOT)
+    proc = run_console("m3lit-eval", f"model_path={TINY}", f"beir={beir_root}", "max_lenght=64", cwd=tmp_path,
+                       check=False)
     assert proc.returncode != 0 and "max_lenght" in proc.stderr
 
 

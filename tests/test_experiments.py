@@ -9,13 +9,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from test_sweeps import compose_job, run_job
 from transformers import AutoTokenizer
 
-from m3lit.cli.resolvers import CONFIG_DIR, REPO_DIR, default_assets_path
-from test_sweeps import compose_job, run_job
+from m3lit.cli.resolvers import CONFIG_DIR, SWEEPS_DIR, default_assets_path
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
-TOOL = Path(REPO_DIR) / "sweeps" / "tools" / "train_tokenizer.py"
+TOOL = Path(SWEEPS_DIR) / "tools" / "train_tokenizer.py"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def load_tool():
@@ -76,6 +77,6 @@ def test_every_experiment_composes_and_trains_a_step(name, debdesc_like, tmp_pat
 
 def test_debdesc_defaults_to_the_shared_data_folder(tmp_path):
     cfg = compose_job(["experiment=debdesc"], tmp_path)
-    assert cfg.debdesc_dir == str((Path(REPO_DIR) / ".." / "shared" / "data" / "debdesc").resolve())
+    assert cfg.debdesc_dir == str((REPO / ".." / "shared" / "data" / "debdesc").resolve())
     assert cfg.callbacks.retrieval_eval.datasets == ["en", "de", "fr", "ja", "ru", "zh_CN", "xling_de-en",
                                                      "xling_ja-en"]

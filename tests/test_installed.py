@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import exported_dir, run_console
 
 REPO = Path(__file__).resolve().parents[1]

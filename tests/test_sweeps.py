@@ -9,23 +9,22 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import run_console
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf, open_dict
 
-from m3lit.cli.compare import main as compare_main
-from m3lit.cli.resolvers import CONFIG_DIR, REPO_DIR, register_resolvers
+from m3lit.cli.resolvers import CONFIG_DIR, SWEEPS_DIR, register_resolvers
 from m3lit.runs import local_runs, read_summary, read_wandb_run
 from m3lit.runs.wandb_file import iter_record_bytes
 
 register_resolvers()
-SWEEPS = Path(REPO_DIR) / "sweeps"
+SWEEPS = Path(SWEEPS_DIR)
 SCHEMES = sorted(p.stem for p in (SWEEPS / "scheme").glob("*.yaml"))
 HYDRA_SWEEPS = sorted(p.stem for p in (SWEEPS / "sweep").glob("*.yaml"))
 WANDB_SWEEPS = sorted(p.name for p in (SWEEPS / "wandb_sweep").glob("*.yaml"))
@@ -117,8 +116,8 @@ def test_every_hydra_sweep_composes_and_its_first_job_trains(name, tmp_path):
         hydra_cfg = compose("train", overrides=[f"+sweep={name}"], return_hydra_config=True).hydra
     params = OmegaConf.to_container(hydra_cfg.sweeper.params)
     if hydra_cfg.sweeper._target_.endswith("OptunaSweeper"):
-        from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
         from hydra.core.override_parser.overrides_parser import OverridesParser
+        from hydra_plugins.hydra_optuna_sweeper._impl import create_optuna_distribution_from_override
 
         parser = OverridesParser.create()
         job = []
@@ -164,12 +163,7 @@ def test_every_wandb_sweep_file_runs_m3lit_train_with_hydra_overrides(name, tmp_
 
 
 def _train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
-    env.pop("WANDB_API_KEY", None)
-    proc = subprocess.run([sys.executable, "-m", "m3lit.cli.train"] + args, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_console("m3lit-train", *args, cwd=cwd, timeout=timeout, env={"WANDB_API_KEY": ""})
 
 
 def test_two_scheme_multirun_leaves_two_offline_wandb_runs_that_compare_reads(tmp_path, capsys):
@@ -216,8 +210,8 @@ def test_two_scheme_multirun_leaves_two_offline_wandb_runs_that_compare_reads(tm
     assert os.path.exists(os.path.join(run_dirs[0], "files", "config_resolved.yaml"))
 
     out = tmp_path / "report"
-    assert compare_main([str(sweep_dir), "--source", "wandb", "--output", str(out), "--wandb", "off"]) == 0
-    printed = capsys.readouterr().out
+    printed = run_console("m3lit-compare", str(sweep_dir), "--source", "wandb", "--output", str(out), "--wandb", "off",
+                          cwd=tmp_path).stdout
     table = printed[printed.index("ndcg@10 (average over 2 datasets"):].split("\n\n")[0].splitlines()
     assert table[1].split() == ["scheme", "dense", "sparse", "colbert", "dense+sparse", "all"]
     rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in table[3:]}
@@ -285,11 +279,11 @@ def test_sweep_jobs_go_to_slurm_through_the_submitit_launcher(tmp_path, monkeypa
         assert line in script, script
 
 
-def test_searchpath_points_at_the_repository_sweeps_folder():
+def test_searchpath_points_at_the_packaged_sweeps_folder():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", return_hydra_config=True)
-    assert f"file://{SWEEPS}" in cfg.hydra.searchpath
+    assert "pkg://m3lit.sweeps" in cfg.hydra.searchpath
     with pytest.raises(Exception, match="scheme"):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             compose("train", overrides=["+scheme=no_such_scheme"])

@@ -1,12 +1,9 @@
 """End to end: `m3lit-train` on the embedded default raises held-out nDCG@10 of every head and exports a model."""
 import csv
 import glob
-import os
-import re
-import subprocess
-import sys
 
 import numpy as np
+from conftest import exported_dir, run_console
 
 from m3lit import M3Embedder
 
@@ -14,14 +11,10 @@ HEADS = ("dense", "sparse", "colbert", "all")
 
 
 def test_default_training_improves_every_head_and_exports(tmp_path):
-    cmd = [sys.executable, "-m", "m3lit.cli.train", "logger=csv", f"hydra.run.dir={tmp_path}",
-           "trainer.max_steps=160", "callbacks.retrieval_eval.every_n_steps=0",
-           "callbacks.retrieval_eval.max_queries=30", "callbacks.retrieval_eval.print_table=false"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    exported = re.findall(r"^exported: (.+)$", proc.stdout, flags=re.M)
-    assert len(exported) == 1
+    proc = run_console("m3lit-train", "logger=csv", f"hydra.run.dir={tmp_path}", "trainer.max_steps=160",
+                       "callbacks.retrieval_eval.every_n_steps=0", "callbacks.retrieval_eval.max_queries=30",
+                       "callbacks.retrieval_eval.print_table=false", cwd=tmp_path)
+    exported = [exported_dir(proc)]
 
     (metrics_file,) = glob.glob(str(tmp_path / "csv" / "*" / "metrics.csv"))
     rows = [r for r in csv.DictReader(open(metrics_file)) if r.get("eval/average/all/ndcg@10")]

@@ -14,7 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from .resolvers import CONFIG_DIR
+from .resolvers import CONFIG_DIR, CONFIG_PATH
 
 log = logging.getLogger("m3lit.cli.evaluate")
 
@@ -52,7 +52,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     heads = tuple(cfg.heads)
     settings = RetrievalSettings(
         heads=heads,
-        hybrids=hybrids_from_names(list(cfg.hybrids or []), dict(cfg.hybrid_weights), heads=heads),
+        hybrids=hybrids_from_names(list(cfg.hybrids or []), dict(cfg.hybrid_weights or {}), heads=heads),
         metrics=tuple(cfg.metrics), batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
         max_length=cfg.max_length, query_max_length=cfg.query_max_length, candidate_depth=cfg.candidate_depth,
         colbert_exhaustive_max_docs=cfg.colbert_exhaustive_max_docs, colbert_rerank_depth=cfg.colbert_rerank_depth,
@@ -85,7 +85,7 @@ def check_keys(cfg: DictConfig) -> None:
         raise ValueError(f"m3lit-eval: unknown key(s) {unknown}; known keys: {sorted(known)}")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
 def main(cfg: DictConfig) -> None:
     check_keys(cfg)
     OmegaConf.set_readonly(cfg, True)

@@ -1,14 +1,34 @@
-"""OmegaConf resolvers used by the Hydra configs."""
+"""Where the packaged Hydra configs live, and the OmegaConf resolvers they use.
+
+The configs are the repository's top-level ``conf/`` and ``sweeps/`` folders, installed as the packages
+``m3lit.conf`` and ``m3lit.sweeps`` (a wheel carries them inside ``m3lit/``; an editable install maps them to the
+checkout's folders), so every entry point finds them through ``importlib`` whatever the working directory.
+"""
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from omegaconf import OmegaConf
 
-# The Hydra configs: the repository's top-level conf/ folder.
-REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(REPO_DIR, "conf")
+CONFIG_PACKAGE = "m3lit.conf"
+SWEEPS_PACKAGE = "m3lit.sweeps"
+# Hydra's ``config_path`` for every entry point (a package, not a path relative to a module or the cwd).
+CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
 DEFAULT_ASSETS_ROOT = os.path.join("~", ".cache", "m3lit", "default_assets")
+DATA_ENV = "M3LIT_DATA"
+
+
+def package_dir(package: str) -> str:
+    """File-system folder of an installed package (the checkout's folder in an editable install)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package}: the packaged configs are missing; reinstall m3lit")
+    return os.path.abspath(list(spec.submodule_search_locations)[0])
+
+
+CONFIG_DIR = package_dir(CONFIG_PACKAGE)
+SWEEPS_DIR = package_dir(SWEEPS_PACKAGE)
 
 
 def default_assets_path(name: str) -> str:
@@ -29,12 +49,21 @@ def wandb_mode() -> str:
     return "online" if os.environ.get("WANDB_API_KEY") else "offline"
 
 
-def repo_path(relative: str = "") -> str:
-    """``${m3lit_path:sweeps}``: absolute path of ``relative`` under the repository root (where conf/ lives)."""
-    return os.path.normpath(os.path.join(REPO_DIR, relative))
+def data_path(relative: str = "") -> str:
+    """``${m3lit_data:debdesc}``: a folder of the real-data collection (debdesc, manlong, bm25_dev.json, …).
+
+    Its root is ``$M3LIT_DATA`` when set; else ``shared/data`` beside a source checkout that holds the configs
+    (``<checkout>/../shared/data``); else ``../shared/data`` from the working directory."""
+    root = os.environ.get(DATA_ENV)
+    if not root:
+        checkout = os.path.dirname(CONFIG_DIR)
+        beside = os.path.join(checkout, "..", "shared", "data")
+        is_checkout = os.path.isfile(os.path.join(checkout, "pyproject.toml"))
+        root = beside if is_checkout and os.path.isdir(beside) else os.path.join("..", "shared", "data")
+    return os.path.abspath(os.path.join(os.path.expanduser(root), relative))
 
 
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("m3lit_assets", default_assets_path, replace=True)
     OmegaConf.register_new_resolver("m3lit_wandb_mode", wandb_mode, replace=True)
-    OmegaConf.register_new_resolver("m3lit_path", repo_path, replace=True)
+    OmegaConf.register_new_resolver("m3lit_data", data_path, replace=True)

@@ -19,7 +19,7 @@ from ..inference.export import export_bge_m3
 from ..model import build_m3_model
 from ..module import M3LightningModule
 from ..runs.tracking import attach_run_config, log_export
-from .resolvers import CONFIG_DIR, register_resolvers
+from .resolvers import CONFIG_PATH, register_resolvers
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -81,7 +81,7 @@ def finish_loggers(trainer: L.Trainer) -> None:
                 wandb.finish()
 
 
-@hydra.main(config_path=CONFIG_DIR, config_name="train", version_base="1.3")
+@hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     return run(cfg)
 
