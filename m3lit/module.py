@@ -46,6 +46,7 @@ class M3LightningModule(L.LightningModule):
         warmup_ratio: float = 0.1,
         warmup_steps: int | None = None,
         teacher_lr: float | None = None,
+        head_lr: Mapping[str, float | None] | None = None,
         cross_device: Mapping[str, bool] | bool | None = None,
         encoding: Mapping[str, Any] | None = None,
         nonfinite: str = "stop",
@@ -55,7 +56,8 @@ class M3LightningModule(L.LightningModule):
         self.loss_fn = loss
         self.tokenizer = tokenizer
         self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
-                          warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, teacher_lr=teacher_lr)
+                          warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, teacher_lr=teacher_lr,
+                          head_lr=_head_lr(head_lr))
         self._step_started: float | None = None
         self._step_tokens: tuple[int, int] | None = None
         self.train_step_options = TrainStepOptions.from_config(cross_device, encoding, nonfinite)
@@ -131,6 +133,11 @@ class M3LightningModule(L.LightningModule):
         self._step_tokens = (real, batch_size)
         self.log_dict(stats, batch_size=batch_size)
 
+    def on_fit_start(self) -> None:
+        """Train mode for every submodule, whatever loaded the model (``from_pretrained`` returns eval mode and
+        Lightning keeps the modes it finds): dropout is on as in the encoder's config."""
+        self.train()
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_started = time.perf_counter()
 
@@ -168,18 +175,23 @@ class M3LightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-        groups = [{"params": decay, "weight_decay": self.optim["weight_decay"]},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        """AdamW over parameter groups: the encoder, each trainable head at ``head_lr[head]`` (default ``lr``),
+        learned teacher weights at ``teacher_lr``; no weight decay on biases and norms. One schedule scales all."""
+        lr = self.optim["lr"]
+        groups = []
+        for part, params in _parameter_parts(self.model).items():
+            part_lr = self.optim["head_lr"].get(part)
+            part_lr = lr if part_lr is None else part_lr
+            decay = [p for n, p in params if p.ndim >= 2 and "norm" not in n.lower()]
+            no_decay = [p for n, p in params if not (p.ndim >= 2 and "norm" not in n.lower())]
+            groups += [{"params": decay, "weight_decay": self.optim["weight_decay"], "lr": part_lr, "name": part},
+                       {"params": no_decay, "weight_decay": 0.0, "lr": part_lr, "name": f"{part}/no_decay"}]
+        groups = [g for g in groups if g["params"]]
         teacher_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
         if teacher_params:
-            groups.append({"params": teacher_params, "weight_decay": 0.0,
-                           "lr": self.optim["teacher_lr"] or self.optim["lr"]})
-        optimizer = torch.optim.AdamW(groups, lr=self.optim["lr"], betas=self.optim["betas"], eps=self.optim["eps"])
+            groups.append({"params": teacher_params, "weight_decay": 0.0, "name": "teacher",
+                           "lr": self.optim["teacher_lr"] or lr})
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.optim["betas"], eps=self.optim["eps"])
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = self.optim["warmup_steps"]
         if warmup is None:
@@ -192,6 +204,26 @@ class M3LightningModule(L.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+HEAD_MODULES = {"sparse": "sparse_head", "colbert": "colbert_head"}
+
+
+def _head_lr(head_lr: Mapping[str, float | None] | None) -> dict[str, float | None]:
+    unknown = set(head_lr or {}) - set(HEAD_MODULES)
+    if unknown:
+        raise ValueError(f"optim.head_lr: unknown head(s) {sorted(unknown)}; heads with weights: {sorted(HEAD_MODULES)}")
+    return {h: (None if v is None else float(v)) for h, v in (head_lr or {}).items()}
+
+
+def _parameter_parts(model: M3Model) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    """Trainable parameters by part: ``encoder``, ``sparse``, ``colbert`` (the dense head has no weights)."""
+    parts: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"encoder": [], **{h: [] for h in HEAD_MODULES}}
+    owner = {module: head for head, module in HEAD_MODULES.items()}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            parts[owner.get(name.split(".", 1)[0], "encoder")].append((name, param))
+    return parts
 
 
 def _zero_loss(module: torch.nn.Module) -> torch.Tensor:

@@ -9,8 +9,16 @@ from types import SimpleNamespace
 import pytest
 
 from m3lit.cli.compare import main as compare_main
-from m3lit.runs import (RunRecord, collect_runs, compare, format_comparison, label_name, read_summary, read_wandb_run,
-                        run_labels)
+from m3lit.runs import (
+    RunRecord,
+    collect_runs,
+    compare,
+    format_comparison,
+    label_name,
+    read_summary,
+    read_wandb_run,
+    run_labels,
+)
 from m3lit.runs.collect import parse_wandb_target, wandb_runs
 from m3lit.runs.record import write_summary
 from m3lit.runs.wandb_file import BLOCK, iter_record_bytes

@@ -2,9 +2,9 @@
 sentence-transformers export loads in SentenceTransformer, both with outputs equal to M3Embedder's."""
 import json
 import os
-from pathlib import Path
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest

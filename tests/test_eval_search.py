@@ -3,8 +3,7 @@ import pytest
 
 from m3lit.eval.corpus_encoding import ColbertStore, EncodedTexts, sparse_rows_to_csr, token_budget_batches
 from m3lit.eval.hybrid import hybrid_search, hybrids_from_names, union_candidates
-from m3lit.eval.search import (candidates_scores, colbert_search, dense_search, rerank, sort_ranking,
-                               sparse_search)
+from m3lit.eval.search import candidates_scores, colbert_search, dense_search, rerank, sort_ranking, sparse_search
 
 
 def unit(x):

@@ -3,8 +3,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from m3lit.loss import (ExternalTeacher, LearnedTeacher, M3Loss, MixedTeacher, UniformTeacher, WeightedTeacher,
-                        m3_kd_loss, soft_cross_entropy)
+from m3lit.loss import (
+    ExternalTeacher,
+    LearnedTeacher,
+    M3Loss,
+    MixedTeacher,
+    UniformTeacher,
+    WeightedTeacher,
+    m3_kd_loss,
+    soft_cross_entropy,
+)
 
 B, G = 3, 2
 

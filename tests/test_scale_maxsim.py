@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from m3lit.model.scores import colbert_scores
 from m3lit.model.maxsim import maxsim_scores
+from m3lit.model.scores import colbert_scores
 
 
 def inputs(seed, bq=3, lq=5, bp=7, lp=6, d=4):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent / "scripts"))
-from scale_common import grads, max_grad_diff, random_batch, ragged, tiny_module  # noqa: E402
+from scale_common import grads, max_grad_diff, ragged, random_batch, tiny_module  # noqa: E402
 
 from m3lit.scale.packing import encode_rows, first_fit_decreasing, pack, packed_hidden_states  # noqa: E402
 

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from ..model.defaults import HEADS
 from .beir import BeirDataset
 from .evaluator import RetrievalSettings, as_datasets, evaluate_beir
 from .hybrid import hybrids_from_names
@@ -77,7 +78,7 @@ class RetrievalEvalCallback(Callback):
             raise ValueError(f"distributed={distributed!r}: expected 'replicate' or 'shard'")
         if every_n_steps < 0:
             raise ValueError(f"every_n_steps={every_n_steps}: must be ≥ 0")
-        heads = tuple(retrieval.pop("heads", ("dense", "sparse", "colbert")))
+        heads = tuple(retrieval.pop("heads", HEADS))
         if hybrids is not None and not isinstance(hybrids, Mapping):
             hybrids = hybrids_from_names(list(hybrids), hybrid_weights, heads=heads)
         self.settings = RetrievalSettings(heads=heads, hybrids=hybrids, **retrieval)

@@ -16,10 +16,10 @@ import scipy.sparse as sp
 import torch
 
 from ..inference.mcls import mcls_truncated
+from ..model.defaults import HEADS
 
 log = logging.getLogger(__name__)
 
-HEADS = ("dense", "sparse", "colbert")
 
 
 class ColbertStore:

@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
 from ..inference.mcls import MCLS_INTERVAL
+from ..model.defaults import HEADS
 from .beir import BeirDataset, load_beir_datasets
-from .corpus_encoding import HEADS, EncodedTexts, SharedTextCache, encode_texts
+from .corpus_encoding import EncodedTexts, SharedTextCache, encode_texts
 from .hybrid import DEFAULT_HYBRIDS, hybrid_search
 from .metrics import DEFAULT_METRICS, evaluate_ranked, max_cutoff
 from .search import Ranking, colbert_search, dense_search, rerank, sparse_search

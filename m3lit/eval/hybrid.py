@@ -7,13 +7,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from .corpus_encoding import HEADS, EncodedTexts
+from ..model.defaults import ENSEMBLE_WEIGHTS, HEADS
+from .corpus_encoding import EncodedTexts
 from .search import Ranking, candidates_scores, sort_ranking
 
-DEFAULT_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+DEFAULT_WEIGHTS = ENSEMBLE_WEIGHTS
 DEFAULT_HYBRIDS: dict[str, dict[str, float]] = {
-    "dense+sparse": {"dense": 1.0, "sparse": 0.3},
-    "all": {"dense": 1.0, "sparse": 0.3, "colbert": 1.0},
+    "dense+sparse": {h: ENSEMBLE_WEIGHTS[h] for h in ("dense", "sparse")},
+    "all": dict(ENSEMBLE_WEIGHTS),
 }
 
 

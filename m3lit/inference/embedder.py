@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..model import M3Model, M3Reps, special_token_ids
+from ..model.defaults import HEADS
 from ..model.scores import colbert_scores, dense_scores, sparse_scores
 from .export import export_bge_m3
 
@@ -181,7 +182,7 @@ class M3Embedder:
 
     def _reps(self, texts: list[str], max_length: int) -> M3Reps:
         inputs = self._pad(self.tokenize(texts, max_length))
-        return self.model(inputs["input_ids"], inputs["attention_mask"], heads=("dense", "sparse", "colbert"))
+        return self.model(inputs["input_ids"], inputs["attention_mask"], heads=HEADS)
 
     @staticmethod
     def lexical_matching_score(a: Mapping, b: Mapping) -> float:

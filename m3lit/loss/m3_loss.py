@@ -16,11 +16,10 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from ..model.defaults import LOSS_WEIGHTS
 from .distill import KD_LOSSES, soft_cross_entropy
 from .infonce import group_to_row, infonce
 from .teacher import TeacherAggregator, WeightedTeacher
-
-DEFAULT_HEAD_WEIGHTS = {"dense": 1.0, "sparse": 0.1, "colbert": 1.0}
 
 
 @dataclass
@@ -55,12 +54,12 @@ class M3Loss(nn.Module):
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
         if kd_loss_type is not None and kd_loss_type not in KD_LOSSES:
             raise ValueError(f"loss.kd_loss_type={kd_loss_type!r}: expected one of {sorted(KD_LOSSES)} or null")
-        unknown = set(head_weights or {}) - set(DEFAULT_HEAD_WEIGHTS)
+        unknown = set(head_weights or {}) - set(LOSS_WEIGHTS)
         if unknown:
             raise ValueError(f"loss.head_weights: unknown head(s) {sorted(unknown)}")
         self.teacher = teacher if teacher is not None else WeightedTeacher()
         self.temperature = temperature
-        self.head_weights = {**DEFAULT_HEAD_WEIGHTS, **{k: float(v) for k, v in (head_weights or {}).items()}}
+        self.head_weights = {**LOSS_WEIGHTS, **{k: float(v) for k, v in (head_weights or {}).items()}}
         self.self_distill = self_distill
         self.self_distill_start_step = self_distill_start_step
         self.kd_loss_type = kd_loss_type

@@ -15,14 +15,14 @@ from typing import Mapping
 import torch
 from torch import nn
 
-DEFAULT_WEIGHTS = {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}
+from ..model.defaults import ENSEMBLE_WEIGHTS, HEADS
 
 
 def _weights(weights: Mapping[str, float] | None) -> dict[str, float]:
-    merged = dict(DEFAULT_WEIGHTS)
+    merged = dict(ENSEMBLE_WEIGHTS)
     for head, w in (weights or {}).items():
-        if head not in DEFAULT_WEIGHTS:
-            raise ValueError(f"teacher.weights: unknown head {head!r}; expected {tuple(DEFAULT_WEIGHTS)}")
+        if head not in HEADS:
+            raise ValueError(f"teacher.weights: unknown head {head!r}; expected {HEADS}")
         merged[head] = float(w)
     return merged
 
@@ -64,7 +64,7 @@ class UniformTeacher(TeacherAggregator):
     """Equal weights: s_e = Σ_h s_h."""
 
     def __init__(self) -> None:
-        super().__init__({h: 1.0 for h in DEFAULT_WEIGHTS})
+        super().__init__({h: 1.0 for h in HEADS})
 
 
 class LearnedTeacher(TeacherAggregator):
@@ -73,13 +73,13 @@ class LearnedTeacher(TeacherAggregator):
     def __init__(self, weights: Mapping[str, float] | None = None):
         super().__init__(weights)
         init = []
-        for head in DEFAULT_WEIGHTS:
+        for head in HEADS:
             w = self._fixed[head]
             if w <= 0:
                 raise ValueError(f"teacher=learned: initial weight of {head} must be > 0, got {w}")
             init.append(math.log(math.expm1(w)))
         self.raw = nn.Parameter(torch.tensor(init))
-        self._index = {h: i for i, h in enumerate(DEFAULT_WEIGHTS)}
+        self._index = {h: i for i, h in enumerate(HEADS)}
 
     def weight_tensor(self, head: str, like: torch.Tensor) -> torch.Tensor:
         return nn.functional.softplus(self.raw[self._index[head]]).to(like.dtype)

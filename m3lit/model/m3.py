@@ -10,10 +10,10 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .defaults import HEADS
 from .encoder import build_encoder
 from .heads import ColbertHead, DenseHead, SparseHead
 
-HEADS = ("dense", "sparse", "colbert")
 COLBERT_FILE = "colbert_linear.pt"
 SPARSE_FILE = "sparse_linear.pt"
 M3_CONFIG_FILE = "m3_config.json"
@@ -50,8 +50,9 @@ class HeadConfig:
 
 
 def special_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Ids whose lexical weight is always zero: CLS/BOS, EOS, PAD, UNK (as in BGE-M3)."""
-    ids = [tokenizer.cls_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+    """Ids whose lexical weight is always zero: CLS/BOS, EOS/SEP, PAD, UNK (as in BGE-M3, whose SEP is its EOS;
+    BERT-style tokenizers end every text with a SEP that would otherwise match every other text)."""
+    ids = [tokenizer.cls_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.sep_token_id,
            tokenizer.pad_token_id, tokenizer.unk_token_id]
     return sorted({i for i in ids if i is not None})
 

@@ -22,8 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 sys.path.insert(0, os.path.dirname(__file__))
-from scale_common import (free_port, grads, max_grad_diff, quiet, random_batch, rank_slice, shorten,  # noqa: E402
-                          tiny_module)
+from scale_common import free_port, grads, max_grad_diff, quiet, random_batch, rank_slice, shorten, tiny_module  # noqa: E402
 
 WORLD = 2
 HEADS = ("dense", "sparse", "colbert")

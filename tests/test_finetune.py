@@ -1,0 +1,85 @@
+"""Fine-tuning a pretrained encoder is first-class: train mode whatever loaded the model, the fine-tuning optimiser
+(encoder rate, faster fresh heads) brought by ``model=pretrained``, and a real pretrained model trained from disk."""
+import types
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from m3lit.cli.resolvers import CONFIG_DIR, register_resolvers
+from m3lit.inference.embedder import load_tokenizer
+from m3lit.model import build_m3_model
+
+register_resolvers()
+
+
+def compose_train(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture
+def dropout_model_dir(tmp_path, tiny_m3_dir):
+    """A saved model (BGE-M3 layout) whose encoder has dropout 0.1."""
+    tokenizer = load_tokenizer(tiny_m3_dir)
+    model = build_m3_model(tokenizer, encoder_config={
+        "model_type": "xlm-roberta", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 64, "max_position_embeddings": 514, "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1})
+    from m3lit.inference.export import export_bge_m3
+
+    return export_bge_m3(model, tokenizer, str(tmp_path / "dropout_model"))
+
+
+def test_training_step_runs_in_train_mode_with_active_dropout(dropout_model_dir, tmp_path, monkeypatch):
+    from m3lit.cli.train import run
+    from m3lit.module import M3LightningModule
+
+    seen = []
+    original = M3LightningModule.training_step
+
+    def spy(self, batch, batch_idx):
+        ids = batch["queries"]["input_ids"][:2]
+        mask = batch["queries"]["attention_mask"][:2]
+        with torch.no_grad():
+            a, b = self.model.hidden_states(ids, mask), self.model.hidden_states(ids, mask)
+        seen.append((all(m.training for m in self.modules()), not torch.equal(a, b)))
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(M3LightningModule, "training_step", spy)
+    cfg = compose_train("model=pretrained", f"model.path={dropout_model_dir}", "callbacks=none", "logger=none",
+                        "trainer.max_steps=2", "export_dir=null", f"paths.output_dir={tmp_path}",
+                        "run_name=t", f"hydra.run.dir={tmp_path}")
+    # the loaded encoder really comes in eval mode (what from_pretrained does)
+    assert cfg.model.path == dropout_model_dir
+    run(cfg)
+    assert seen == [(True, True), (True, True)]
+
+
+def test_pretrained_brings_the_finetune_optimiser_and_the_command_line_wins():
+    cfg = compose_train("model=pretrained", "model.path=/models/x")
+    assert cfg.optim.lr == 2e-5 and cfg.optim.head_lr.sparse == 1e-3
+    assert cfg.model.path == "/models/x" and cfg.model.encoder_config is None and cfg.model.heads.colbert
+    assert compose_train("model=pretrained", "model.path=/m", "optim=adamw").optim.lr == 3e-3
+    assert compose_train().optim.lr == 3e-3  # from scratch keeps its own rate
+    assert compose_train("model=small").optim.lr == 3e-3
+
+
+def test_head_learning_rates_reach_the_optimizer(dropout_model_dir):
+    from m3lit.cli.train import build_module
+
+    cfg = compose_train("model=pretrained", f"model.path={dropout_model_dir}", "optim.head_lr.colbert=5e-4",
+                        "teacher=learned", "optim.teacher_lr=0.1")
+    module = build_module(cfg)
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=10)
+    optimizer = module.configure_optimizers()["optimizer"]
+    rates = {g["name"]: g["initial_lr"] if "initial_lr" in g else g["lr"] for g in optimizer.param_groups}
+    assert rates == {"encoder": 2e-5, "encoder/no_decay": 2e-5, "sparse": 1e-3, "sparse/no_decay": 1e-3,
+                     "colbert": 5e-4, "colbert/no_decay": 5e-4, "teacher": 0.1}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    assert len(params) == len(trainable) and {id(p) for p in params} == {id(p) for p in trainable}
+    with pytest.raises(ValueError, match="optim.head_lr: unknown head"):
+        build_module(compose_train("model=pretrained", f"model.path={dropout_model_dir}", "+optim.head_lr.dense=1"))
