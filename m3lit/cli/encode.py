@@ -58,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         out = embedder.encode(texts, args.batch_size, args.max_length, True, False, False)
         np.savez(args.output, dense=out["dense"], ids=np.array(ids))
     else:
-        out = embedder.encode(texts, args.batch_size, args.max_length, not args.no_dense, not args.no_sparse,
-                              not args.no_colbert)
+        # heads the model trained, less those turned off
+        out = embedder.encode(texts, args.batch_size, args.max_length, False if args.no_dense else None,
+                              False if args.no_sparse else None, False if args.no_colbert else None)
         with open(args.output, "w", encoding="utf-8") as f:
             for i, text_id in enumerate(ids):
                 row: dict = {"id": text_id}

@@ -49,16 +49,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    heads = tuple(cfg.heads)
+    encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation)
+    heads = tuple(cfg.heads) if cfg.heads else encoder.trained_heads
+    hybrids = list(cfg.hybrids or [])
+    if not cfg.heads:  # defaulted heads: the hybrids those heads make
+        hybrids = [n for n in hybrids if n == "all" or set(n.split("+")) <= set(heads)]
     settings = RetrievalSettings(
         heads=heads,
-        hybrids=hybrids_from_names(list(cfg.hybrids or []), dict(cfg.hybrid_weights or {}), heads=heads),
+        hybrids=hybrids_from_names(hybrids, dict(cfg.hybrid_weights or {}), heads=heads),
         metrics=tuple(cfg.metrics), batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
         max_length=cfg.max_length, query_max_length=cfg.query_max_length, candidate_depth=cfg.candidate_depth,
         colbert_exhaustive_max_docs=cfg.colbert_exhaustive_max_docs, colbert_rerank_depth=cfg.colbert_rerank_depth,
         dense_backend=cfg.dense_backend, mcls=cfg.mcls,
     )
-    encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation)
     results = evaluate_beir(encoder, cfg.beir, split=cfg.split,
                             datasets=list(cfg.datasets) if cfg.datasets else None,
                             max_queries=cfg.max_queries, settings=settings)

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from ..inference.embedder import load_tokenizer
-from ..inference.export import export_bge_m3
+from ..inference.export import export_bge_m3, flagembedding_note
 from ..model import build_m3_model
 from ..module import M3LightningModule
 from ..runs.tracking import attach_run_config, log_export
@@ -63,6 +63,9 @@ def run(cfg: DictConfig) -> float | None:
             if trainer.is_global_zero:
                 path = export_bge_m3(module.model, module.tokenizer, export_dir, state_dict=state)
                 print(f"exported: {path}", flush=True)
+                note = flagembedding_note(module.model)
+                if note:
+                    print(f"note: {note}", flush=True)
                 log_export(trainer, path)  # W&B model artifact (callbacks.tracking.export_artifact)
         objective = cfg.get("objective")
         value = trainer.callback_metrics.get(objective) if objective else None

@@ -111,9 +111,22 @@ class M3Embedder:
                     reps.colbert_mask = mcls_token_mask(input_ids, mask, cls_id)[:, 1:].long()
                 yield chunk, reps
 
+    @property
+    def trained_heads(self) -> tuple[str, ...]:
+        """The heads this model was trained with (``m3_config.json``; for a directory without it, the heads whose
+        weight files it holds, dense always)."""
+        return self.model.active_heads
+
+    def check_heads(self, heads: Sequence[str]) -> None:
+        """Refuse heads the model never trained: their outputs would be an untrained projection."""
+        untrained = [h for h in heads if h not in self.trained_heads]
+        if untrained:
+            raise ValueError(f"this model's {', '.join(untrained)} head(s) were never trained (trained heads: "
+                             f"{', '.join(self.trained_heads)}); ask only for those")
+
     def encode(self, texts: str | Sequence[str], batch_size: int = 32, max_length: int = 512,
-               return_dense: bool = True, return_sparse: bool = True, return_colbert: bool = True,
-               mcls: bool = False, mcls_interval: int = 256) -> dict[str, object]:
+               return_dense: bool | None = None, return_sparse: bool | None = None,
+               return_colbert: bool | None = None, mcls: bool = False, mcls_interval: int = 256) -> dict[str, object]:
         """Encode ``texts``. Returns ``dense`` float32 [n, d], ``sparse`` list of {token_id: weight},
         ``colbert`` list of float32 [tokens - 1, d_c] (CLS excluded), each present when asked for.
 
@@ -121,10 +134,12 @@ class M3Embedder:
         hidden states (the M3 paper's MCLS); multi-vector output then leaves the inserted CLS tokens out."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
-        heads = tuple(h for h, on in (("dense", return_dense), ("sparse", return_sparse),
-                                      ("colbert", return_colbert)) if on)
+        asked = {"dense": return_dense, "sparse": return_sparse, "colbert": return_colbert}
+        heads = tuple(h for h in HEADS if asked[h] or (asked[h] is None and h in self.trained_heads))
         if not heads:
             raise ValueError("encode: ask for at least one of return_dense, return_sparse, return_colbert")
+        self.check_heads([h for h in HEADS if asked[h]])
+        return_dense, return_sparse, return_colbert = ("dense" in heads), ("sparse" in heads), ("colbert" in heads)
         dense = [None] * len(texts)
         sparse: list[dict[int, float] | None] = [None] * len(texts)
         colbert: list[np.ndarray | None] = [None] * len(texts)
@@ -159,7 +174,9 @@ class M3Embedder:
     def compute_score(self, pairs: Sequence[tuple[str, str]], batch_size: int = 32, max_query_length: int = 512,
                       max_passage_length: int = 512, weights_for_different_modes: Sequence[float] | None = None,
                       ) -> dict[str, list[float]]:
-        """Scores of (query, passage) pairs per mode and the weighted hybrids (FlagEmbedding's ``compute_score``)."""
+        """Scores of (query, passage) pairs per mode and the weighted hybrids (FlagEmbedding's ``compute_score``);
+        every head must have been trained."""
+        self.check_heads(HEADS)
         w = list(weights_for_different_modes or (1.0, 1.0, 1.0))
         if len(w) != 3:
             raise ValueError("weights_for_different_modes: give 3 weights (dense, sparse, colbert)")

@@ -10,6 +10,23 @@ from transformers import PreTrainedTokenizerBase
 from ..model import M3Model
 
 
+def flagembedding_note(model: M3Model) -> str | None:
+    """How FlagEmbedding's ``BGEM3FlagModel`` must load this export, when its defaults do not fit (None if they do).
+
+    BGEM3FlagModel builds its ColBERT projection with the hidden size unless told ``colbert_dim``; the heads that
+    were never trained are only recorded in ``m3_config.json`` (FlagEmbedding still loads their files)."""
+    notes = []
+    colbert_dim = model.colbert_head.linear.out_features
+    if colbert_dim != model.hidden_size:
+        notes.append(f"colbert_dim={colbert_dim} differs from the hidden size {model.hidden_size}: load with "
+                     f"FlagEmbedding's BGEM3FlagModel(path, colbert_dim={colbert_dim})")
+    untrained = [h for h in ("sparse", "colbert") if h not in model.active_heads]
+    if untrained:
+        notes.append(f"head(s) {', '.join(untrained)} were not trained (m3_config.json); do not use their outputs "
+                     "in other libraries")
+    return "; ".join(notes) or None
+
+
 def export_bge_m3(model: M3Model, tokenizer: PreTrainedTokenizerBase, directory: str,
                   state_dict: Mapping[str, torch.Tensor] | None = None) -> str:
     """Write encoder config + weights, ``colbert_linear.pt``, ``sparse_linear.pt`` and the tokenizer to ``directory``.

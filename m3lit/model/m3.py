@@ -162,9 +162,12 @@ class M3Model(nn.Module):
 
 
 def load_head_config(directory: str) -> HeadConfig:
+    """The heads and pooling a directory was saved with (``m3_config.json``); a directory without it (a BGE-M3
+    or plain Hugging Face one) has the dense head and the heads whose weight files it holds."""
     path = os.path.join(directory, M3_CONFIG_FILE)
     if not os.path.isfile(path):
-        return HeadConfig()
+        return HeadConfig(heads={"dense": True, "sparse": os.path.isfile(os.path.join(directory, SPARSE_FILE)),
+                                 "colbert": os.path.isfile(os.path.join(directory, COLBERT_FILE))})
     with open(path) as f:
         raw = json.load(f)
     return HeadConfig(heads=dict(raw.get("heads", {h: True for h in HEADS})), pooling=raw.get("pooling", "cls"),
