@@ -20,6 +20,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 DATA = os.path.join(ROOT, "..", "shared", "data")
+BIN = os.path.dirname(sys.executable)  # the installed console scripts
 sys.path.insert(0, HERE)
 
 from eval_speed import train_unigram_tokenizer  # noqa: E402
@@ -94,7 +95,7 @@ def main() -> None:
     budget = int(args.minutes * 60)
     max_time = f"{budget // 86400:02d}:{budget // 3600 % 24:02d}:{budget // 60 % 60:02d}:{budget % 60:02d}"
     start = time.perf_counter()
-    run([sys.executable, "-m", "m3lit.cli.train", "model=small", f"model.tokenizer_path={tokenizer_dir}",
+    run([os.path.join(BIN, "m3lit-train"), "model=small", f"model.tokenizer_path={tokenizer_dir}",
          f"data.train={train_dir}", f"data.batch_size={args.batch_size}", f"data.group_size={args.group_size}",
          "data.query_max_len=64", "data.passage_max_len=512", f"data.cache_dir={os.path.join(work, 'cache')}",
          f"optim.lr={args.lr}", f"trainer.max_steps={args.steps}",
@@ -106,7 +107,7 @@ def main() -> None:
     train_seconds = time.perf_counter() - start
 
     output = os.path.join(work, "quality.json")
-    evaluate = [sys.executable, "-m", "m3lit.cli.evaluate", f"model_path={model_dir}", f"beir={dev_dir}",
+    evaluate = [os.path.join(BIN, "m3lit-eval"), f"model_path={model_dir}", f"beir={dev_dir}",
                 f"output={output}", f"baseline={bm25_path}", "baseline_group=debdesc", "max_length=512",
                 "query_max_length=128", f"threads={args.threads}", "device=cpu"]
     if args.dev_datasets:

@@ -37,7 +37,6 @@ def one(mode: str, batch: int, length: int, group: int, sub: int, heads: str) ->
     sys.path.insert(0, ROOT)
     sys.path.insert(0, os.path.join(ROOT, "tests", "scripts"))
     import torch
-
     from scale_common import random_batch, tiny_module
 
     torch.set_num_threads(1)

@@ -123,11 +123,16 @@ class M3LightningModule(L.LightningModule):
         return out.loss
 
     def _log_batch_stats(self, batch: Mapping[str, Any], batch_size: int) -> None:
-        real = sum(int(batch[k]["attention_mask"].sum()) for k in ("queries", "passages"))
-        padded = sum(batch[k]["attention_mask"].numel() for k in ("queries", "passages"))
+        """Token and padding statistics of the batch: the data module's (``meta``), counted here only for batches
+        that come without them."""
+        meta = batch.get("meta") or {}
+        if "real_tokens" in meta and "padded_tokens" in meta:
+            real, padded = int(meta["real_tokens"]), int(meta["padded_tokens"])
+        else:
+            real = sum(int(batch[k]["attention_mask"].sum()) for k in ("queries", "passages"))
+            padded = sum(batch[k]["attention_mask"].numel() for k in ("queries", "passages"))
         stats = {"batch/real_tokens": float(real), "batch/padded_tokens": float(padded),
                  "batch/padding_fraction": 1.0 - real / max(padded, 1)}
-        meta = batch.get("meta") or {}
         if isinstance(meta.get("bucket"), (int, float)):
             stats["batch/bucket"] = float(meta["bucket"])
         self._step_tokens = (real, batch_size)

