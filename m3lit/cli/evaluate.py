@@ -46,22 +46,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from ..eval.evaluator import RetrievalSettings, evaluate_beir
     from ..eval.hybrid import hybrids_from_names
     from ..eval.tables import AVERAGE_KEY, format_results, load_baseline
+    from ..model.defaults import HEADS
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation)
-    heads = tuple(cfg.heads) if cfg.heads else encoder.trained_heads
-    hybrids = list(cfg.hybrids or [])
-    if not cfg.heads:  # defaulted heads: the hybrids those heads make
-        hybrids = [n for n in hybrids if n == "all" or set(n.split("+")) <= set(heads)]
+    heads = tuple(cfg.heads) if cfg.heads else HEADS
     settings = RetrievalSettings(
         heads=heads,
-        hybrids=hybrids_from_names(hybrids, dict(cfg.hybrid_weights or {}), heads=heads),
+        hybrids=hybrids_from_names(list(cfg.hybrids or []), dict(cfg.hybrid_weights or {}), heads=heads),
         metrics=tuple(cfg.metrics), batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
         max_length=cfg.max_length, query_max_length=cfg.query_max_length, candidate_depth=cfg.candidate_depth,
         colbert_exhaustive_max_docs=cfg.colbert_exhaustive_max_docs, colbert_rerank_depth=cfg.colbert_rerank_depth,
         dense_backend=cfg.dense_backend, mcls=cfg.mcls,
     )
+    if not cfg.heads:  # the heads the model trained, and the hybrids they make
+        settings = settings.restricted_to(encoder.trained_heads)
     results = evaluate_beir(encoder, cfg.beir, split=cfg.split,
                             datasets=list(cfg.datasets) if cfg.datasets else None,
                             max_queries=cfg.max_queries, settings=settings)
@@ -76,8 +76,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             json.dump(results, f, indent=2)
         log.info("results written to %s", cfg.output)
     return results
-
-
 
 
 def check_keys(cfg: DictConfig) -> None:

@@ -12,7 +12,6 @@ gathered. The save decision is rank 0's, broadcast to all ranks.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -138,7 +137,7 @@ class RetrievalEvalCallback(Callback):
         pl_module.eval()
         try:
             encoder = pl_module.embedder()
-            settings = self.settings_for(getattr(encoder, "trained_heads", self.settings.heads))
+            settings = self.settings.restricted_to(getattr(encoder, "trained_heads", self.settings.heads))
             results = evaluate_beir(encoder, datasets, settings=settings) if datasets else {}
         finally:
             pl_module.train(was_training)
@@ -154,22 +153,6 @@ class RetrievalEvalCallback(Callback):
             self._print(f"retrieval evaluation at step {step}\n{format_results(results)}")
         self._update_best(trainer, pl_module, results, step)
         return results
-
-    def settings_for(self, trained: Sequence[str]) -> RetrievalSettings:
-        """The configured settings restricted to the heads the model trains (and the hybrids of those)."""
-        heads = tuple(h for h in self.settings.heads if h in trained)
-        if heads == self.settings.heads:
-            return self.settings
-        if not heads:
-            raise ValueError(f"retrieval_eval.heads={list(self.settings.heads)}: none of them is trained "
-                             f"(model heads: {list(trained)})")
-        hybrids = {}
-        for name, weights in self.settings.active_hybrids.items():
-            if name == "all":  # every evaluated head
-                weights = {h: w for h, w in weights.items() if h in heads}
-            if set(weights) <= set(heads) and len(weights) > 1:
-                hybrids[name] = weights
-        return dataclasses.replace(self.settings, heads=heads, hybrids=hybrids)
 
     @staticmethod
     def _gather(results: dict[str, Any], world: int) -> dict[str, Any]:

@@ -65,6 +65,22 @@ class RetrievalSettings:
             if name in HEADS:
                 raise ValueError(f"hybrid name {name!r} clashes with a head name")
 
+    def restricted_to(self, available: Sequence[str]) -> "RetrievalSettings":
+        """These settings for a model that has only the heads ``available`` (the ones it trained): the other heads
+        left out, ``all`` over the remaining heads, and the other hybrids kept only when all their heads remain."""
+        heads = tuple(h for h in self.heads if h in available)
+        if heads == self.heads:
+            return self
+        if not heads:
+            raise ValueError(f"heads={list(self.heads)}: none of them is trained (model heads: {list(available)})")
+        hybrids = {}
+        for name, weights in self.active_hybrids.items():
+            if name == "all":  # every evaluated head
+                weights = {h: w for h, w in weights.items() if h in heads}
+            if set(weights) <= set(heads) and len(weights) > 1:
+                hybrids[name] = weights
+        return replace(self, heads=heads, hybrids=hybrids)
+
     @property
     def active_hybrids(self) -> dict[str, dict[str, float]]:
         if self.hybrids is None:

@@ -8,6 +8,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from ..model import M3Model
+from ..model.defaults import HEADS
 
 
 def flagembedding_note(model: M3Model) -> str | None:
@@ -20,7 +21,7 @@ def flagembedding_note(model: M3Model) -> str | None:
     if colbert_dim != model.hidden_size:
         notes.append(f"colbert_dim={colbert_dim} differs from the hidden size {model.hidden_size}: load with "
                      f"FlagEmbedding's BGEM3FlagModel(path, colbert_dim={colbert_dim})")
-    untrained = [h for h in ("sparse", "colbert") if h not in model.active_heads]
+    untrained = [h for h in HEADS if h not in model.active_heads]
     if untrained:
         notes.append(f"head(s) {', '.join(untrained)} were not trained (m3_config.json); do not use their outputs "
                      "in other libraries")
