@@ -50,7 +50,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
-    encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation)
     heads = tuple(cfg.heads) if cfg.heads else HEADS
     settings = RetrievalSettings(
         heads=heads,
@@ -60,6 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         colbert_exhaustive_max_docs=cfg.colbert_exhaustive_max_docs, colbert_rerank_depth=cfg.colbert_rerank_depth,
         dense_backend=cfg.dense_backend, mcls=cfg.mcls,
     )
+    encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation)  # after the checks
     if not cfg.heads:  # the heads the model trained, and the hybrids they make
         settings = settings.restricted_to(encoder.trained_heads)
     results = evaluate_beir(encoder, cfg.beir, split=cfg.split,
