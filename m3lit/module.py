@@ -13,9 +13,10 @@ from transformers import PreTrainedTokenizerBase
 from .inference.embedder import M3Embedder
 from .loss import LossOutput, M3Loss
 from .model import M3Model, M3Reps
+from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import score_candidates
 from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
-from .scale.nonfinite import NonFiniteLossError, all_finite, describe
+from .scale.nonfinite import NonFiniteLossError, SkipCounter, all_finite, describe
 from .scale.options import TrainStepOptions
 from .scale.split_batch import enable_layer_checkpointing
 from .scale.step_encoding import encode_batch
@@ -50,6 +51,8 @@ class M3LightningModule(L.LightningModule):
         cross_device: Mapping[str, bool] | bool | None = None,
         encoding: Mapping[str, Any] | None = None,
         nonfinite: str = "stop",
+        nonfinite_max_consecutive: int | None = 5,
+        nonfinite_max_total: int | None = 50,
     ):
         super().__init__()
         self.model = model
@@ -63,8 +66,14 @@ class M3LightningModule(L.LightningModule):
         self.train_step_options = TrainStepOptions.from_config(cross_device, encoding, nonfinite)
         if self.train_step_options.encoding.mode == "split_batch":
             enable_layer_checkpointing(self.model)
-        self.skipped_steps = 0
+        self.skips = SkipCounter(nonfinite_max_consecutive, nonfinite_max_total)
         self._drop_update = False
+        self._pending_rng: dict[str, Any] | None = None
+        check_teacher_heads(loss, model.active_heads)
+
+    @property
+    def skipped_steps(self) -> int:
+        return self.skips.total
 
     # ------------------------------------------------------------------ inference view
     def embedder(self) -> M3Embedder:
@@ -103,22 +112,29 @@ class M3LightningModule(L.LightningModule):
         out = self.forward_loss(batch)
         batch_size = batch["queries"]["input_ids"].shape[0]
         if not all_finite(out.loss):
-            message = describe(self.global_step, out.head_losses, batch.get("meta"))
-            if self.train_step_options.nonfinite == "stop":
+            skipping = self.train_step_options.nonfinite == "skip"
+            message = describe(self.global_step, out.head_losses, batch.get("meta"), skipping)
+            if not skipping:
                 raise NonFiniteLossError(message)
-            self.skipped_steps += 1
+            self.skips.skipped(self.global_step, message)  # raises past the limits
             self._drop_update = True
             if self.global_rank == 0:
                 log.warning("skipping the step: %s", message)
-            self.log("train/skipped_nonfinite", float(self.skipped_steps), batch_size=batch_size)
+            # logged as what it is: a skipped step with a non-finite loss (never the last finite value)
+            self.log_dict({"train/skipped_nonfinite": float(self.skips.total), "train/skipped": 1.0},
+                          batch_size=batch_size)
+            self.log("train/loss", float("nan"), prog_bar=True, batch_size=batch_size)
             # A zero loss on every trainable parameter, disconnected from the non-finite graph: backward (and
             # DDP/FSDP's gradient reduction) runs as usual, then on_before_optimizer_step drops the gradients so
             # the optimizer changes neither weights nor its state. Lightning still counts the step.
             return _zero_loss(self)
+        self.skips.finite()
+        if self.train_step_options.nonfinite == "skip":
+            self.log("train/skipped", 0.0, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in out.scalars().items()}, batch_size=batch_size)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"teacher/w_{h}": w for h, w in self.loss_fn.teacher.weights().items()},
-                      batch_size=batch_size)
+        self.log_dict({f"teacher/w_{h}": w for h, w in self.loss_fn.teacher.weights().items()
+                       if h in self.model.active_heads}, batch_size=batch_size)
         self._log_batch_stats(batch, batch_size)
         return out.loss
 
@@ -144,7 +160,49 @@ class M3LightningModule(L.LightningModule):
         self.train()
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._pending_rng is not None:  # first step after a resume: the RNGs as the interrupted run left them
+            restore_rng_states(self._pending_rng)
+            self._pending_rng = None
         self._step_started = time.perf_counter()
+
+    # ------------------------------------------------------------------ checkpoints
+    def model_signature(self) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed into this module: encoder shape, heads, pooling, whether the
+        teacher has learned weights (the optimiser's parameter groups follow from these)."""
+        config = self.model.encoder.config
+        encoder = {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers",
+                                                          "num_attention_heads", "intermediate_size", "vocab_size",
+                                                          "max_position_embeddings")}
+        return {"encoder": encoder, "heads": list(self.model.active_heads),
+                "colbert_dim": int(self.model.colbert_head.linear.out_features),
+                "pooling": self.model.head_config.pooling,
+                "learned_teacher_weights": any(p.requires_grad for p in self.loss_fn.parameters())}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Adds every rank's RNG states, the model signature and the skip counters (a collective: all ranks)."""
+        checkpoint["m3lit"] = {"rng": gather_rng_states(), "model": self.model_signature(),
+                               "skips": self.skips.state_dict()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses a checkpoint of another model or head set (naming the differences), before any weight loads."""
+        saved = checkpoint.get("m3lit")
+        if saved is None:
+            log.warning("the checkpoint has no m3lit section (an older or foreign checkpoint): resuming without RNG "
+                        "states or model checks")
+            return
+        differences = signature_differences(saved.get("model", {}), self.model_signature())
+        if differences:
+            raise ValueError("resume_from: the checkpoint was written by a different model configuration: "
+                             + "; ".join(differences) + ". Resume with the configuration it was trained with, or "
+                             "start a new run from its exported model (model.path=...)")
+        self.skips.load_state_dict(saved.get("skips", {}))
+        rng = saved.get("rng") or []
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if len(rng) == world:
+            self._pending_rng = rng[self.global_rank if self._trainer is not None else 0]
+        else:
+            log.warning("the checkpoint holds RNG states of %d rank(s), this run has %d: random numbers (dropout) "
+                        "continue from this run's seed instead", len(rng), world)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Real (non-pad) tokens per second of the whole step: forward, backward and optimizer update."""
@@ -212,6 +270,26 @@ class M3LightningModule(L.LightningModule):
 
 
 HEAD_MODULES = {"sparse": "sparse_head", "colbert": "colbert_head"}
+
+
+def signature_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """``"field: checkpoint X, this run Y"`` for every field that differs (nested mappings flattened)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += signature_differences(a, b, f"{prefix}{key}.")
+        elif a != b and key in saved:
+            out.append(f"{prefix}{key}: checkpoint {a!r}, this run {b!r}")
+    return out
+
+
+def check_teacher_heads(loss: M3Loss, active_heads: tuple[str, ...]) -> None:
+    """A learned ensemble needs two heads to weigh; with one it would train weights of heads that do not exist."""
+    teacher = loss.teacher
+    if any(p.requires_grad for p in teacher.parameters()) and len(active_heads) < 2:
+        raise ValueError(f"teacher={type(teacher).__name__}: learned ensemble weights need at least two active heads,"
+                         f" this model has {', '.join(active_heads)}; use teacher=weighted (or enable more heads)")
 
 
 def _head_lr(head_lr: Mapping[str, float | None] | None) -> dict[str, float | None]:

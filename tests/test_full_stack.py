@@ -101,5 +101,7 @@ def test_a_directory_without_m3_config_has_the_heads_of_its_files(tiny_m3_dir, t
     shutil.copytree(tiny_m3_dir, folder)
     os.remove(folder / "colbert_linear.pt")
     assert not (folder / "m3_config.json").exists()
-    assert M3Embedder.from_pretrained(str(folder)).trained_heads == ("dense", "sparse")
+    with pytest.raises(FileNotFoundError, match="missing colbert_linear.pt"):  # refused unless asked for
+        M3Embedder.from_pretrained(str(folder))
+    assert M3Embedder.from_pretrained(str(folder), fresh_heads=True).trained_heads == ("dense", "sparse")
     assert M3Embedder.from_pretrained(tiny_m3_dir).trained_heads == ("dense", "sparse", "colbert")

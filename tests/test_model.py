@@ -87,6 +87,7 @@ def test_checkpoint_of_another_model_is_rejected(tiny_m3_dir, tmp_path):
     bad = tmp_path / "bad"
     M3Embedder(model, tok).save_pretrained(str(bad))
     shutil.copy(os.path.join(tiny_m3_dir, "colbert_linear.pt"), bad / "colbert_linear.pt")
+    os.remove(bad / "m3lit_export.json")  # a hand-assembled folder (with the marker: a modified export, refused)
     with pytest.raises(ValueError, match="colbert_linear.pt.*another model"):
         M3Embedder.from_pretrained(str(bad))
     with pytest.raises(FileNotFoundError, match="no such directory"):

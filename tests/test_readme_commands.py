@@ -53,11 +53,11 @@ def skipped_reason(line: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> dict:
-    """A working directory where README's first training line ran: its export and best checkpoint, texts."""
+    """A working directory where README's first training line ran: its export and last checkpoint, texts."""
     work = tmp_path_factory.mktemp("readme")
     proc = run_console("m3lit-train", *FAST, cwd=work)
     export = exported_dir(proc)
-    (best,) = glob.glob(str(work / "outputs" / "*" / "*" / "checkpoints" / "best.ckpt"))
+    (best,) = glob.glob(str(work / "outputs" / "*" / "*" / "checkpoints" / "last.ckpt"))
     (work / "texts.jsonl").write_text('{"id": "1", "text": "a query"}\n{"id": "2", "text": "ein Dokument"}\n')
     (work / "my_conf" / "model").mkdir(parents=True)
     (work / "my_conf" / "model" / "wide.yaml").write_text("defaults: [tiny, _self_]\nencoder_config:\n"
@@ -70,7 +70,7 @@ def substitute(line: str, ws: dict) -> list[str]:
     line = line.replace("model_path=DIR", f"model_path={ws['export']}").replace("beir=DIR", f"beir={assets}/dev")
     line = line.replace("MODEL_DIR", ws["export"]).replace("/models/bge-m3", str(TINY_M3))
     line = line.replace("[/data/mldr/,/data/msmarco.jsonl.gz]", f"[{assets}/train/de.jsonl,{assets}/train/en.jsonl]")
-    line = line.replace("/data/miracl-dev", f"{assets}/dev").replace("outputs/…/checkpoints/best.ckpt", ws["best"])
+    line = line.replace("/data/miracl-dev", f"{assets}/dev").replace("outputs/…/checkpoints/last.ckpt", ws["best"])
     line = line.replace("../shared/data", str(DATA)).replace("device=cuda", "device=cpu")
     line = line.replace("max_length=8192", "max_length=512")  # long documents: the same protocol, shorter
     args = shlex.split(line)

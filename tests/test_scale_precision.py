@@ -81,3 +81,25 @@ def test_nonfinite_loss_skips_the_step(tmp_path):
     assert max(float((states[2][k] - states[1][k]).abs().max()) for k in states[1]) > 1e-4  # training went on
     adam_steps = {int(s["step"]) for s in trainer.optimizers[0].state.values()}
     assert adam_steps == {2}  # two real updates
+
+
+@pytest.mark.parametrize("batches, limits, message", [
+    ("NNN", dict(nonfinite_max_consecutive=3, nonfinite_max_total=None), "at optimizer step 2: 3 steps skipped for a"
+     " non-finite loss in a row (limit train_step.nonfinite_max_consecutive=3)"),
+    ("NGNGN", dict(nonfinite_max_consecutive=None, nonfinite_max_total=3), "at optimizer step 4: 3 steps skipped for"
+     " a non-finite loss in all (limit train_step.nonfinite_max_total=3)"),
+])
+def test_skipping_stops_past_its_limits(tmp_path, batches, limits, message):
+    good = iter(random_batch(seed=s, teacher_scores=True) for s in range(10, 20))
+    data = [nan_batch() if c == "N" else next(good) for c in batches]
+    with pytest.raises(NonFiniteLossError) as err:
+        fit(data, tmp_path, max_steps=len(data), nonfinite="skip", **limits)
+    assert message in str(err.value) and "not exported" in str(err.value)
+    assert "set train_step.nonfinite=skip" not in str(err.value)  # already skipping: no such advice
+
+
+def test_skipping_under_the_limits_finishes(tmp_path):
+    good = [random_batch(seed=s, teacher_scores=True) for s in (2, 3, 4)]
+    module, trainer, _ = fit([good[0], nan_batch(), good[1], nan_batch(), good[2]], tmp_path, max_steps=5,
+                             nonfinite="skip", nonfinite_max_consecutive=2, nonfinite_max_total=3)
+    assert trainer.global_step == 5 and module.skips.total == 2 and module.skips.consecutive == 0

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from ..inference.embedder import M3Embedder
+from .errors import USER_ERRORS, full_errors
 
 
 def read_texts(path: str, field: str, id_field: str | None) -> tuple[list[str], list[str]]:
@@ -50,18 +50,51 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-dense", action="store_true")
     parser.add_argument("--no-sparse", action="store_true")
     parser.add_argument("--no-colbert", action="store_true")
+    parser.add_argument("--fresh-heads", action="store_true",
+                        help="load a folder without sparse_linear.pt / colbert_linear.pt with fresh (untrained) heads")
     args = parser.parse_args(argv)
+    try:
+        encode_file(args)
+    except USER_ERRORS as err:
+        if full_errors():
+            raise
+        raise SystemExit(f"m3lit-encode: error: {err}") from None
 
+
+def check_output(output: str, input_path: str) -> None:
+    """Before any work: the output must be a new or overwritable file in an existing folder, not the input."""
+    if os.path.isdir(output):
+        raise ValueError(f"output {output}: is a folder; give a .jsonl or .npz file name")
+    parent = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(parent):
+        raise FileNotFoundError(f"output {output}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(f"output {output}: the folder {parent} is not writable")
+    if os.path.exists(output) and os.path.samefile(output, input_path):
+        raise ValueError(f"output {output} is the input file: it would be overwritten; choose another name")
+
+
+def encode_file(args: argparse.Namespace) -> None:
+    if not os.path.isfile(args.input):
+        raise FileNotFoundError(f"{args.input}: no such file")
+    check_output(args.output, args.input)
     texts, ids = read_texts(args.input, args.field, args.id_field)
-    embedder = M3Embedder.from_pretrained(args.model_dir, device=args.device)
+    if not texts:
+        raise ValueError(f"{args.input}: no texts (the file has no JSON line)")
+    from ..inference.embedder import M3Embedder  # torch and transformers: only once the input is known good
+
+    embedder = M3Embedder.from_pretrained(args.model_dir, device=args.device, fresh_heads=args.fresh_heads)
+    tmp = f"{args.output}.tmp-{os.getpid()}"
     if args.output.endswith(".npz"):
         out = embedder.encode(texts, args.batch_size, args.max_length, True, False, False)
-        np.savez(args.output, dense=out["dense"], ids=np.array(ids))
+        with open(tmp, "wb") as f:
+            np.savez(f, dense=out["dense"], ids=np.array(ids))
+        os.replace(tmp, args.output)
     else:
         # heads the model trained, less those turned off
         out = embedder.encode(texts, args.batch_size, args.max_length, False if args.no_dense else None,
                               False if args.no_sparse else None, False if args.no_colbert else None)
-        with open(args.output, "w", encoding="utf-8") as f:
+        with open(tmp, "w", encoding="utf-8") as f:
             for i, text_id in enumerate(ids):
                 row: dict = {"id": text_id}
                 if "dense" in out:
@@ -71,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
                 if "colbert" in out:
                     row["colbert"] = out["colbert"][i].tolist()
                 f.write(json.dumps(row) + "\n")
+        os.replace(tmp, args.output)
     print(f"encoded {len(texts)} texts -> {args.output}", file=sys.stderr)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from .errors import report_errors
 from .resolvers import CONFIG_DIR, CONFIG_PATH
 
 log = logging.getLogger("m3lit.cli.evaluate")
@@ -22,7 +23,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def load_encoder(model_path: str, device: str | None = None, dtype: str = "float32",
-                 attn_implementation: str = "sdpa") -> Any:
+                 attn_implementation: str = "sdpa", fresh_heads: bool = False) -> Any:
     """An ``M3Embedder`` on ``device`` (default: cuda when available) with weights in ``dtype``."""
     import torch
 
@@ -33,7 +34,8 @@ def load_encoder(model_path: str, device: str | None = None, dtype: str = "float
     if not os.path.isdir(model_path):
         raise FileNotFoundError(f"model_path={model_path!r}: no such directory")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    encoder = M3Embedder.from_pretrained(model_path, device=device, attn_implementation=attn_implementation)
+    encoder = M3Embedder.from_pretrained(model_path, device=device, attn_implementation=attn_implementation,
+                                         fresh_heads=fresh_heads)
     if dtype != "float32":
         encoder.model.to(getattr(torch, dtype))
     return encoder
@@ -59,7 +61,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         colbert_exhaustive_max_docs=cfg.colbert_exhaustive_max_docs, colbert_rerank_depth=cfg.colbert_rerank_depth,
         dense_backend=cfg.dense_backend, mcls=cfg.mcls,
     )
-    encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation)  # after the checks
+    encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation,  # after the checks
+                           bool(cfg.fresh_heads))
     if not cfg.heads:  # the heads the model trained, and the hybrids they make
         settings = settings.restricted_to(encoder.trained_heads)
     results = evaluate_beir(encoder, cfg.beir, split=cfg.split,
@@ -87,6 +90,7 @@ def check_keys(cfg: DictConfig) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")
+@report_errors("m3lit-eval")
 def main(cfg: DictConfig) -> None:
     check_keys(cfg)
     OmegaConf.set_readonly(cfg, True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import secrets
 
 from omegaconf import OmegaConf
 
@@ -17,6 +18,9 @@ SWEEPS_PACKAGE = "m3lit.sweeps"
 CONFIG_PATH = f"pkg://{CONFIG_PACKAGE}"
 DEFAULT_ASSETS_ROOT = os.path.join("~", ".cache", "m3lit", "default_assets")
 DATA_ENV = "M3LIT_DATA"
+# One id per launched process: output folders are ``<time>-<RUN_ID>``, so two runs started in the same second never
+# share one (DDP ranks receive rank 0's resolved folder from Lightning's launcher).
+RUN_ID = secrets.token_hex(4)
 
 
 def package_dir(package: str) -> str:
@@ -63,7 +67,13 @@ def data_path(relative: str = "") -> str:
     return os.path.abspath(os.path.join(os.path.expanduser(root), relative))
 
 
+def run_id() -> str:
+    """``${m3lit_run_id:}``: this process's random 8-hex-digit run id."""
+    return RUN_ID
+
+
 def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("m3lit_run_id", run_id, replace=True)
     OmegaConf.register_new_resolver("m3lit_assets", default_assets_path, replace=True)
     OmegaConf.register_new_resolver("m3lit_wandb_mode", wandb_mode, replace=True)
     OmegaConf.register_new_resolver("m3lit_data", data_path, replace=True)

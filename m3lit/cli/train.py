@@ -17,8 +17,13 @@ from omegaconf import DictConfig, OmegaConf
 from ..inference.embedder import load_tokenizer
 from ..inference.export import export_bge_m3, flagembedding_note
 from ..model import build_m3_model
+from ..model.positions import position_limit
 from ..module import M3LightningModule
+from ..runs.checkpointing import check_checkpoint_file
 from ..runs.tracking import attach_run_config, log_export
+from ..scale.nonfinite import NonFiniteLossError
+from .config_types import check_plain_arguments
+from .errors import report_errors
 from .resolvers import CONFIG_PATH, register_resolvers
 
 log = logging.getLogger(__name__)
@@ -37,11 +42,31 @@ def build_module(cfg: DictConfig) -> M3LightningModule:
     return M3LightningModule(model, loss, tokenizer, **OmegaConf.to_container(cfg.optim, resolve=True), **train_step)
 
 
+def check_input_lengths(module: M3LightningModule, datamodule: Any) -> None:
+    """Every dataset's ``query_max_len`` / ``passage_max_len`` must fit the encoder's position embeddings (checked
+    before training, not when the first long batch comes up)."""
+    config = module.model.encoder.config
+    limit = position_limit(config)
+    if limit is None:
+        return
+    for spec in getattr(datamodule, "specs", []):
+        for key in ("query_max_len", "passage_max_len"):
+            value = getattr(spec.options, key)
+            if value > limit:
+                raise ValueError(f"data.{key}={value} (dataset '{spec.name}') exceeds the {limit} tokens this encoder's "
+                                 f"position embeddings allow (max_position_embeddings="
+                                 f"{config.max_position_embeddings}): set data.{key}={limit} or lower")
+
+
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.get("checkpoint"):
+        callbacks.append(instantiate(cfg.checkpoint))
     logger: Any = False
     if cfg.get("logger"):
         logger = instantiate(cfg.logger)
+    values = OmegaConf.to_container(cfg.trainer, resolve=True)
+    check_plain_arguments(L.Trainer, values, "trainer")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
     attach_run_config(trainer, cfg)  # the tracking callback logs the resolved config and writes the run summary
     return trainer
@@ -52,11 +77,17 @@ def run(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     module = build_module(cfg)
     datamodule = instantiate(cfg.data, tokenizer=module.tokenizer, seed=cfg.seed)
+    check_input_lengths(module, datamodule)
+    if cfg.get("resume_from"):
+        check_checkpoint_file(cfg.resume_from)
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))
+        if module.skips.consecutive:
+            raise NonFiniteLossError(f"the run ended on {module.skips.consecutive} step(s) skipped for a non-finite "
+                                     "loss: the model is not exported (train/skipped in the logs)")
         export_dir = cfg.get("export_dir")
         if export_dir:
             state = module.full_model_state_dict()  # collective under sharding
@@ -85,6 +116,7 @@ def finish_loggers(trainer: L.Trainer) -> None:
 
 
 @hydra.main(config_path=CONFIG_PATH, config_name="train", version_base="1.3")
+@report_errors("m3lit-train")
 def main(cfg: DictConfig) -> float | None:
     return run(cfg)
 

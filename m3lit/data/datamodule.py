@@ -20,7 +20,9 @@ add a DistributedSampler. Resume: :meth:`state_dict` stores (epoch, micro-batche
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -37,6 +39,7 @@ from .sources import DatasetOptions, resolve_datasets
 from .stream import EpochLoader, MicroBatchStream
 
 log = logging.getLogger(__name__)
+DATA_CHANGE_ACTIONS = ("error", "restart")
 # MicroBatchStream shards micro-batches over DataLoader workers itself, so its __len__ stays exact.
 warnings.filterwarnings("ignore", message=r"Your `IterableDataset` has `__len__` defined")
 
@@ -69,6 +72,9 @@ class M3DataModule(L.LightningDataModule):
         length_estimate: ``exact`` (tokenize every passage once, cached), ``sample`` (fitted chars→tokens ratio,
             fast) or ``auto`` (exact for files up to 50k lines, else sample).
         skip_bad_lines: skip (count, report) invalid lines instead of raising.
+        on_data_change: resuming from a checkpoint whose data fingerprint (files, sizes, modification times, line
+            counts, dataset and batching options) differs from this run's: ``error`` (default: name what changed)
+            or ``restart`` (warn and begin a fresh epoch of the new data).
         cache_dir: where indexes and decompressed ``.gz`` copies are cached.
         world_size, rank, accumulate_grad_batches: used when no trainer is attached.
     """
@@ -97,6 +103,7 @@ class M3DataModule(L.LightningDataModule):
         length_sort_pool: int = 0,
         length_estimate: str = "auto",
         skip_bad_lines: bool = False,
+        on_data_change: str = "error",
         pad_to_multiple_of: int = 8,
         cache_dir: str = ".m3lit_cache",
         num_workers: int = 0,
@@ -125,6 +132,9 @@ class M3DataModule(L.LightningDataModule):
         self.length_sort_pool = int(length_sort_pool)
         self.length_estimate = length_estimate
         self.skip_bad_lines = bool(skip_bad_lines)
+        if on_data_change not in DATA_CHANGE_ACTIONS:
+            raise DataConfigError(f"data.on_data_change must be one of {DATA_CHANGE_ACTIONS}, got '{on_data_change}'")
+        self.on_data_change = on_data_change
         self.pad_to_multiple_of = int(pad_to_multiple_of)
         self.cache_dir = str(cache_dir)
         self.num_workers, self.pin_memory = int(num_workers), bool(pin_memory)
@@ -239,13 +249,41 @@ class M3DataModule(L.LightningDataModule):
             return self._stream.epoch, int(self.trainer.fit_loop.epoch_loop.batch_progress.current.processed)
         return self._stream.epoch, int(self._loader.consumed)
 
+    def fingerprint(self) -> dict:
+        """What the batch plan depends on besides the seed: per dataset its files (path, size, modification time,
+        usable lines) and options, and the batching options."""
+        datasets = {}
+        for view in self._load_views():
+            files = []
+            for index in view.files:
+                st = os.stat(index.path)
+                files.append([os.path.abspath(index.path), int(st.st_size), int(st.st_mtime_ns), len(index)])
+            datasets[view.name] = {"files": files, "options": dataclasses.asdict(view.spec.options)}
+        batching = {"bucket_boundaries": list(self.table.boundaries), "batch_size": list(self.table.batch_size),
+                    "token_budget": self.table.token_budget, "sampling_alpha": self.sampling_alpha,
+                    "steps_per_epoch": self.steps_per_epoch, "length_sort_pool": self.length_sort_pool,
+                    "length_estimate": self.length_estimate, "pad_to_multiple_of": self.pad_to_multiple_of}
+        return {"datasets": datasets, "batching": batching}
+
     def state_dict(self) -> dict:
         epoch, micro_step = self._position()
         return {"epoch": epoch, "micro_step": micro_step, "seed": self.seed, "world_size": self.world_size,
-                "accumulate_grad_batches": self.accumulate}
+                "accumulate_grad_batches": self.accumulate, "fingerprint": self.fingerprint()}
 
     def load_state_dict(self, state_dict: Mapping) -> None:
         epoch, micro = int(state_dict["epoch"]), int(state_dict["micro_step"])
+        changes = fingerprint_changes(state_dict.get("fingerprint"), self.fingerprint())
+        if changes:
+            summary = "; ".join(changes[:10]) + (f"; … {len(changes) - 10} more" if len(changes) > 10 else "")
+            if self.on_data_change == "error":
+                raise DataConfigError(f"resume_from: the training data changed since the checkpoint: {summary}. "
+                                      "Resume on the original data, or set data.on_data_change=restart to continue "
+                                      "training with a fresh epoch of the new data")
+            log.warning("the training data changed since the checkpoint (%s): data.on_data_change=restart, "
+                        "beginning a fresh epoch %d of the new data", summary, epoch + 1)
+            self._resume = (epoch + 1, 0)
+            self._next_epoch = epoch + 1
+            return
         if int(state_dict.get("seed", self.seed)) != self.seed:
             log.warning("resuming with seed %d, checkpoint used %s: batches differ from the original run",
                         self.seed, state_dict.get("seed"))
@@ -257,3 +295,41 @@ class M3DataModule(L.LightningDataModule):
             micro = -(-micro // old_accumulate) * self.accumulate
         self._resume = (epoch, micro)
         self._next_epoch = epoch
+
+
+def fingerprint_changes(saved: Mapping | None, current: Mapping) -> list[str]:
+    """Human-readable differences between a checkpoint's data fingerprint and this run's (none when the checkpoint
+    has no fingerprint)."""
+    if not saved:
+        return []
+    out = []
+    old_sets, new_sets = saved.get("datasets", {}), current.get("datasets", {})
+    for name in sorted(set(old_sets) | set(new_sets)):
+        if name not in new_sets:
+            out.append(f"dataset '{name}' is gone")
+            continue
+        if name not in old_sets:
+            out.append(f"dataset '{name}' is new")
+            continue
+        old_files = {f[0]: f for f in old_sets[name]["files"]}
+        new_files = {f[0]: f for f in new_sets[name]["files"]}
+        for path in sorted(set(old_files) | set(new_files)):
+            if path not in new_files:
+                out.append(f"{path}: removed")
+            elif path not in old_files:
+                out.append(f"{path}: added")
+            elif list(old_files[path]) != list(new_files[path]):
+                (_, size0, mtime0, lines0), (_, size1, mtime1, lines1) = old_files[path], new_files[path]
+                what = [f"{size0} → {size1} bytes"] if size0 != size1 else []
+                what += [f"{lines0} → {lines1} usable lines"] if lines0 != lines1 else []
+                what += ["modified"] if mtime0 != mtime1 and not what else []
+                out.append(f"{path}: {', '.join(what)}")
+        for key in sorted(set(old_sets[name]["options"]) | set(new_sets[name]["options"])):
+            a, b = old_sets[name]["options"].get(key), new_sets[name]["options"].get(key)
+            if a != b:
+                out.append(f"dataset '{name}' option {key}: {a!r} → {b!r}")
+    for key in sorted(set(saved.get("batching", {})) | set(current.get("batching", {}))):
+        a, b = saved.get("batching", {}).get(key), current.get("batching", {}).get(key)
+        if a != b:
+            out.append(f"data.{key}: {a!r} → {b!r}")
+    return out

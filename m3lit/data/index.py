@@ -14,15 +14,16 @@ import hashlib
 import json
 import os
 import tempfile
+import zlib
 from array import array
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import BadLineError
+from .errors import BadLineError, DataError
 from .records import TrainRecord, parse_record
 
-INDEX_VERSION = 2
+INDEX_VERSION = 3  # 3: empty texts and non-finite scores are invalid
 MAX_REPORTED_BAD_LINES = 50
 
 
@@ -123,9 +124,16 @@ def build_file_index(path: str, cache_dir: str) -> FileIndex:
         return _load(index_path, path, text_path, key)
     if is_gz:
         fd, tmp_text = _atomic_target(text_path)
-        with os.fdopen(fd, "wb") as copy_to, gzip.open(path, "rb") as stream:
-            cols = _scan(path, stream, copy_to)
-        os.replace(tmp_text, text_path)
+        try:
+            with os.fdopen(fd, "wb") as copy_to, gzip.open(path, "rb") as stream:
+                cols = _scan(path, stream, copy_to)
+            os.replace(tmp_text, text_path)
+        except (EOFError, OSError, zlib.error) as err:
+            raise DataError(f"{path}: cannot be read as gzip ({type(err).__name__}: {err}); the file is truncated, "
+                            "corrupt or not gzip-compressed (rename it without .gz if it is plain jsonl)") from None
+        finally:
+            if os.path.exists(tmp_text):
+                os.remove(tmp_text)
     else:
         with open(path, "rb") as stream:
             cols = _scan(path, stream, None)

@@ -1,12 +1,13 @@
 """Parse and validate one line of FlagEmbedding training jsonl.
 
 A line is ``{"query": str, "pos": [str, ...], "neg": [str, ...], "pos_scores"?: [float], "neg_scores"?: [float],
-"prompt"?: str, "type"?: str, "language"?: str}``. ``pos`` must be non-empty; ``neg`` may be missing (= []).
-Score lists, when given, must be as long as the text lists they score.
+"prompt"?: str, "type"?: str, "language"?: str}``. ``pos`` must be non-empty; ``neg`` may be missing (= []); no text may be empty.
+Score lists, when given, must be finite numbers (JSON's NaN / Infinity are refused), as many as the texts they score.
 """
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from numbers import Real
 
@@ -42,6 +43,8 @@ def _text_list(obj: dict, field: str, path: str, line: int, required: bool) -> l
     for i, text in enumerate(value):
         if not isinstance(text, str):
             raise BadLineError(path, line, f"{field}[{i}]", f"expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise BadLineError(path, line, f"{field}[{i}]", "empty string")
     return value
 
 
@@ -54,6 +57,8 @@ def _score_list(obj: dict, field: str, n_texts: int, texts_field: str, path: str
     for i, score in enumerate(value):
         if isinstance(score, bool) or not isinstance(score, Real):
             raise BadLineError(path, line, f"{field}[{i}]", f"expected a number, got {type(score).__name__}")
+        if not math.isfinite(score):
+            raise BadLineError(path, line, f"{field}[{i}]", f"not a finite number ({score})")
     if len(value) != n_texts:
         raise BadLineError(path, line, field, f"has {len(value)} scores but '{texts_field}' has {n_texts} texts")
     return [float(s) for s in value]

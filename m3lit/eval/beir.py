@@ -189,6 +189,8 @@ def load_beir(folder: str, split: str = "test", name: str | None = None, use_tit
         splits = available_splits(folder)
         raise FileNotFoundError(f"{qrels_path}: no qrels for split={split!r}; available splits: {splits or 'none'}")
     corpus = read_texts(corpus_path, use_titles=use_titles)
+    if not corpus:
+        raise BeirFormatError(f"{corpus_path}: empty corpus (no document to retrieve)")
     all_queries = read_texts(queries_path, use_titles=False)
     qrels = read_qrels(qrels_path)
     dropped = sorted(q for q in qrels if q not in all_queries)
@@ -198,6 +200,10 @@ def load_beir(folder: str, split: str = "test", name: str | None = None, use_tit
         log.warning("%s: %d judged query id(s) missing from %s (e.g. %r); they are not evaluated",
                     qrels_path, len(dropped), queries_path, dropped[0])
     unknown_docs = sum(1 for judged in qrels.values() for d in judged if d not in corpus)
+    relevant = [d for judged in qrels.values() for d, grade in judged.items() if grade > 0]
+    if relevant and not any(d in corpus for d in relevant):
+        raise BeirFormatError(f"{qrels_path}: none of its {len(relevant)} relevant judgment(s) names a document of "
+                              f"{corpus_path} (e.g. {relevant[0]!r}): qrels and corpus do not belong together")
     if unknown_docs:
         log.warning("%s: %d judgment(s) name documents missing from %s; they count as never retrieved",
                     qrels_path, unknown_docs, corpus_path)

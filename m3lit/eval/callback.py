@@ -22,6 +22,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..model.defaults import HEADS
+from ..runs.checkpointing import save_checkpoint_atomically
 from .beir import BeirDataset
 from .evaluator import RetrievalSettings, as_datasets, evaluate_beir
 from .hybrid import hybrids_from_names
@@ -209,7 +210,7 @@ class RetrievalEvalCallback(Callback):
             return
         dirpath = self.dirpath or os.path.join(trainer.default_root_dir, "checkpoints")
         self.best_path = os.path.join(dirpath, "best.ckpt")
-        trainer.save_checkpoint(self.best_path)
+        save_checkpoint_atomically(trainer, self.best_path)
         if self.save_best_model and trainer.is_global_zero:
             pl_module.embedder().save_pretrained(os.path.join(dirpath, "best_model"))
         self._print(f"new best {self.monitor}={score:.4f} at step {step}: saved {self.best_path}")

@@ -1,7 +1,6 @@
 """M3Embedder: inference with the semantics of FlagEmbedding's ``BGEM3FlagModel`` (encode, compute_score)."""
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
@@ -13,12 +12,12 @@ from ..model import M3Model, M3Reps, special_token_ids
 from ..model.defaults import HEADS
 from ..model.scores import colbert_scores, dense_scores, sparse_scores
 from .export import export_bge_m3
+from .model_folder import check_model_folder, check_tokenizer_folder
 
 
 def load_tokenizer(path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (the model hub is never used)."""
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such directory (tokenizers are loaded from local directories)")
+    check_tokenizer_folder(path)
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
@@ -59,10 +58,19 @@ class M3Embedder:
             self.model.to(self.device)
 
     @classmethod
-    def from_pretrained(cls, path: str, device: str | None = None, attn_implementation: str = "sdpa") -> "M3Embedder":
-        """Load a BGE-M3-layout directory (HF config + weights + colbert_linear.pt + sparse_linear.pt + tokenizer)."""
+    def from_pretrained(cls, path: str, device: str | None = None, attn_implementation: str = "sdpa",
+                        fresh_heads: bool = False) -> "M3Embedder":
+        """Load a BGE-M3-layout directory (HF config + weights + colbert_linear.pt + sparse_linear.pt + tokenizer).
+
+        A folder missing any of these is refused, naming what is missing; with ``fresh_heads`` a missing head file
+        gives a freshly initialised head, left out of :attr:`trained_heads`."""
+        check_model_folder(path, fresh_heads=fresh_heads)
         tokenizer = load_tokenizer(path)
         model = M3Model.from_pretrained(path, special_token_ids(tokenizer), attn_implementation=attn_implementation)
+        vocab = getattr(model.encoder.config, "vocab_size", None)
+        if vocab is not None and len(tokenizer) > vocab:
+            raise ValueError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the encoder's vocabulary "
+                             f"{vocab}: they come from different models")
         return cls(model, tokenizer, device or "cpu")
 
     def save_pretrained(self, directory: str) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Mapping
 
 import torch
@@ -9,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from ..model import M3Model
 from ..model.defaults import HEADS
+from .model_folder import INCOMPLETE, write_export_marker
 
 
 def flagembedding_note(model: M3Model) -> str | None:
@@ -30,10 +32,23 @@ def flagembedding_note(model: M3Model) -> str | None:
 
 def export_bge_m3(model: M3Model, tokenizer: PreTrainedTokenizerBase, directory: str,
                   state_dict: Mapping[str, torch.Tensor] | None = None) -> str:
-    """Write encoder config + weights, ``colbert_linear.pt``, ``sparse_linear.pt`` and the tokenizer to ``directory``.
+    """Write encoder config + weights, ``colbert_linear.pt``, ``sparse_linear.pt``, the tokenizer and the marker
+    ``m3lit_export.json`` to ``directory``, atomically: all into ``<directory>.incomplete-<pid>``, then renamed (a
+    previous export there is replaced only once the new one is complete).
 
     ``state_dict``: a full (consolidated) state dict of ``model`` when training sharded it; else its own.
     """
-    model.save_pretrained(directory, state_dict=state_dict)
-    tokenizer.save_pretrained(directory)
-    return os.path.abspath(directory)
+    final = os.path.abspath(directory)
+    tmp = f"{final}{INCOMPLETE}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp)
+    write_export_marker(tmp)
+    if os.path.isdir(final):
+        aside = f"{final}.replaced-{os.getpid()}"
+        os.replace(final, aside)
+        os.replace(tmp, final)
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    return final

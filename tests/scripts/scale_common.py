@@ -22,7 +22,8 @@ TINY_M3 = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_m3")
 def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = True, heads=None, hidden: int = 16,
                 layers: int = 2, attn: str = "sdpa", model_type: str = "xlm-roberta",
                 **train_step) -> M3LightningModule:
-    """A 2-layer, hidden-16 M3 module (all heads, self-distillation, learned teacher weights by default)."""
+    """A 2-layer, hidden-16 M3 module (all heads, self-distillation, learned teacher weights by default when there
+    are two heads or more)."""
     tok = load_tokenizer(TINY_M3)
     torch.manual_seed(seed)
     cfg = dict(model_type=model_type, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
@@ -30,7 +31,8 @@ def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = Tru
                attention_probs_dropout_prob=dropout, type_vocab_size=1)
     model = build_m3_model(tok, encoder_config=cfg, attn_implementation=attn,
                            heads=None if heads is None else {h: h in heads for h in ("dense", "sparse", "colbert")})
-    loss = M3Loss(teacher=LearnedTeacher() if learned_teacher else None, self_distill=True)
+    learned = learned_teacher and (heads is None or len(heads) > 1)  # one head: nothing to weigh
+    loss = M3Loss(teacher=LearnedTeacher() if learned else None, self_distill=True)
     return M3LightningModule(model, loss, tok, **train_step)
 
 
