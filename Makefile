@@ -28,9 +28,11 @@ install-dev: $(DEV_STAMP)
 train: $(STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/m3lit-train $(ARGS)
 
-# The whole test suite (PYTEST_ARGS="-k losses" to select).
+# The whole test suite (PYTEST_ARGS="-k losses" to select), in TEST_WORKERS processes (pytest-xdist; one test file
+# per process at a time, one torch thread each).
+TEST_WORKERS ?= 2
 test: $(DEV_STAMP)
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests $(PYTEST_ARGS)
 
 clean:
 	rm -rf outputs multirun wandb .m3lit_cache

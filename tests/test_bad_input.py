@@ -2,15 +2,18 @@
 folders, encode paths, config values; the console scripts print the message, not a traceback."""
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from conftest import run_console
+from test_sweeps import compose_job
 
 from m3lit.data.errors import BadLineError, DataError
 from m3lit.data.index import build_file_index
@@ -20,6 +23,7 @@ from m3lit.inference.embedder import M3Embedder
 from m3lit.inference.export import export_bge_m3
 from m3lit.inference.model_folder import EXPORT_MARKER, IncompleteModelError
 from m3lit.runs.checkpointing import check_checkpoint_file
+from m3lit.scale.nonfinite import NonFiniteLossError
 
 LINE = {"query": "q", "pos": ["p"], "neg": ["n"]}
 
@@ -171,31 +175,42 @@ def test_m3lit_eval_refuses_an_incomplete_folder_cleanly(tiny_m3_dir, tmp_path):
 TRAIN = ["callbacks=none", "logger=none", "checkpoint=none", "trainer.max_steps=2"]
 
 
+def train(overrides: list[str], output_dir: Path):
+    """``m3lit-train``'s ``run`` in-process on the composed config (output folder ``output_dir``)."""
+    from m3lit.cli.train import run
+
+    return run(compose_job(overrides, output_dir))
+
+
 @pytest.mark.parametrize("args, message", [
     (["trainer.max_steps=abc"], "trainer.max_steps: expected int, got 'abc'"),
     (["data.passage_max_len=9000"], "data.passage_max_len=9000 (dataset"),
     (["teacher=learned", "model.heads.sparse=false", "model.heads.colbert=false"],
      "learned ensemble weights need at least two active heads"),
 ])
-def test_m3lit_train_config_errors_are_named_without_a_traceback(tmp_path, args, message):
-    proc = run_console("m3lit-train", *TRAIN, *args, cwd=tmp_path, check=False)
+def test_config_errors_are_named_before_training(tmp_path, args, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train([*TRAIN, *args], tmp_path)
+
+
+def test_m3lit_train_prints_the_message_not_a_traceback(tmp_path):
+    proc = run_console("m3lit-train", *TRAIN, "trainer.max_steps=abc", cwd=tmp_path, check=False)
     assert proc.returncode == 1, proc.stdout[-2000:]
-    assert message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    if args == ["trainer.max_steps=abc"]:
-        full = run_console("m3lit-train", *TRAIN, *args, cwd=tmp_path, check=False, env={"HYDRA_FULL_ERROR": "1"})
-        assert "Traceback" in full.stderr
+    assert "m3lit-train: error: trainer.max_steps: expected int, got 'abc'" in proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    full = run_console("m3lit-train", *TRAIN, "trainer.max_steps=abc", cwd=tmp_path, check=False,
+                       env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr
 
 
 def test_skipping_non_finite_steps_stops_at_the_limit_and_exports_nothing(tmp_path):
-    proc = run_console("m3lit-train", "callbacks=none", "logger=csv", "checkpoint=none", "trainer.max_steps=40",
-                       "trainer.log_every_n_steps=1", "optim.lr=1e6", "optim.warmup_steps=0",
-                       "train_step.nonfinite=skip", "hydra.run.dir=run", cwd=tmp_path, check=False)
-    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "steps skipped for a non-finite loss in a row (limit train_step.nonfinite_max_consecutive=5)" in proc.stderr
-    assert "exported:" not in proc.stdout and not (tmp_path / "run" / "export").exists()
-    import csv
-
-    rows = list(csv.DictReader(open(next((tmp_path / "run").glob("csv/version_*/metrics.csv")))))
+    with pytest.raises(NonFiniteLossError, match=re.escape(
+            "steps skipped for a non-finite loss in a row (limit train_step.nonfinite_max_consecutive=5)")):
+        train(["callbacks=none", "logger=csv", "checkpoint=none", "trainer.max_steps=40",
+               "trainer.log_every_n_steps=1", "optim.lr=1e6", "optim.warmup_steps=0", "train_step.nonfinite=skip"],
+              tmp_path)
+    assert not (tmp_path / "export").exists()
+    rows = list(csv.DictReader(open(next(tmp_path.glob("csv/version_*/metrics.csv")))))
     skipped = [r for r in rows if r.get("train/skipped") == "1.0"]
     # every completed skipped step is in the log as skipped with a NaN loss (the 5th stops the run mid-step)
     assert len(skipped) >= 4 and all(r["train/loss"] == "nan" for r in skipped)
@@ -208,41 +223,38 @@ def trained(tmp_path_factory):
     work = tmp_path_factory.mktemp("trained")
     from m3lit.cli.resolvers import default_assets_path
 
-    train = work / "train"
-    shutil.copytree(default_assets_path("train_dir"), train)
-    args = ["callbacks=none", "logger=none", f"data.train={train}", "trainer.max_steps=3", "export_dir=null"]
-    run_console("m3lit-train", *args, "hydra.run.dir=run", cwd=work)
+    shutil.copytree(default_assets_path("train_dir"), work / "train")
+    args = ["callbacks=none", "logger=none", f"data.train={work / 'train'}", "export_dir=null"]
+    train([*args, "trainer.max_steps=3"], work / "run")
     return work, args, work / "run" / "checkpoints" / "last.ckpt"
 
 
 def test_resume_with_other_heads_names_the_difference(trained):
     work, args, last = trained
-    proc = run_console("m3lit-train", *args, "trainer.max_steps=4", f"resume_from={last}", "model.heads.colbert=false",
-                       "hydra.run.dir=heads", cwd=work, check=False)
-    assert proc.returncode == 1
-    assert "different model configuration: heads: checkpoint ['dense', 'sparse', 'colbert'], this run " \
-           "['dense', 'sparse']" in proc.stderr, proc.stderr[-3000:]
+    message = ("different model configuration: heads: checkpoint ['dense', 'sparse', 'colbert'], this run "
+               "['dense', 'sparse']")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train([*args, "trainer.max_steps=4", f"resume_from={last}", "model.heads.colbert=false"], work / "heads")
 
 
-def test_resume_on_changed_data_fails_or_restarts_when_asked(trained):
+def test_resume_on_changed_data_fails_or_restarts_when_asked(trained, caplog):
     work, args, last = trained
     first = sorted((work / "train").glob("*.jsonl"))[0]
     with open(first, "a") as f:
         f.write(json.dumps({"query": "one more", "pos": ["line"], "neg": ["added"]}) + "\n")
-    proc = run_console("m3lit-train", *args, "trainer.max_steps=4", f"resume_from={last}", "hydra.run.dir=changed",
-                       cwd=work, check=False)
-    assert proc.returncode == 1
-    assert "the training data changed since the checkpoint" in proc.stderr and first.name in proc.stderr
-    assert "usable lines" in proc.stderr and "data.on_data_change=restart" in proc.stderr
-    proc = run_console("m3lit-train", *args, "trainer.max_steps=4", f"resume_from={last}", "hydra.run.dir=restart",
-                       "data.on_data_change=restart", cwd=work)
-    assert "beginning a fresh epoch" in proc.stdout + proc.stderr
+    with pytest.raises(ValueError) as err:
+        train([*args, "trainer.max_steps=4", f"resume_from={last}"], work / "changed")
+    message = str(err.value)
+    assert "the training data changed since the checkpoint" in message and first.name in message
+    assert "usable lines" in message and "data.on_data_change=restart" in message
+    train([*args, "trainer.max_steps=4", f"resume_from={last}", "data.on_data_change=restart"], work / "restart")
+    assert "beginning a fresh epoch" in caplog.text
+    assert (work / "restart" / "checkpoints" / "step-0000004.ckpt").exists()
 
 
-def test_a_zero_byte_checkpoint_is_refused_by_m3lit_train(trained, tmp_path):
+def test_a_zero_byte_checkpoint_is_refused_before_training(trained, tmp_path):
     work, args, _ = trained
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
-    proc = run_console("m3lit-train", *args, f"resume_from={empty}", cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "the file is empty (0 bytes)" in proc.stderr and "Traceback" not in proc.stderr
-
+    with pytest.raises(ValueError, match=re.escape("the file is empty (0 bytes)")):
+        train([*args, f"resume_from={empty}"], tmp_path)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import console_script, exported_dir, run_console
 
 DROPOUT = ["model.encoder_config.hidden_dropout_prob=0.1", "model.encoder_config.attention_probs_dropout_prob=0.1"]
@@ -97,3 +98,18 @@ def test_two_runs_started_together_keep_separate_outputs(tmp_path):
     assert exports[0] != exports[1]
     runs = [Path(e).parent for e in exports]
     assert all((r / "checkpoints" / "last.ckpt").exists() and (r / ".hydra" / "config.yaml").exists() for r in runs)
+
+
+def test_ddp_resume_restores_every_ranks_rng_and_continues_exactly(tmp_path):
+    """Two DDP processes with dropout and cross-device negatives (rank 0's loss depends on rank 1's dropout): a run
+    resumed from the step-4 checkpoint repeats steps 4-7 of the uninterrupted run exactly."""
+    args = ["strategy=ddp", "trainer.devices=2", "trainer.max_steps=8", "checkpoint.every_n_steps=4", "logger=csv",
+            "trainer.log_every_n_steps=1", "export_dir=null", "callbacks=none", *DROPOUT]
+    run_console("m3lit-train", *args, f"hydra.run.dir={tmp_path}/full", cwd=tmp_path)
+    full = losses(tmp_path / "full")
+    checkpoint = tmp_path / "full" / "checkpoints" / "step-0000004.ckpt"
+    assert len(torch.load(checkpoint, weights_only=True)["m3lit"]["rng"]) == 2  # one state per rank
+    run_console("m3lit-train", *args, f"resume_from={checkpoint}", f"hydra.run.dir={tmp_path}/resumed", cwd=tmp_path)
+    after = losses(tmp_path / "resumed")
+    assert sorted(after) == [4, 5, 6, 7]
+    assert {s: after[s] for s in after} == {s: full[s] for s in after}
