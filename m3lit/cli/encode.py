@@ -2,19 +2,16 @@
 
     m3lit-encode MODEL_DIR texts.jsonl out.jsonl [--field text] [--id-field id] [--no-colbert] ...
 
-Each input line is a JSON object with the text under ``--field``; each output line holds ``id`` (the
-``--id-field`` value, else the line number), ``dense`` (list), ``sparse`` ({token_id: weight}) and ``colbert``
-(list of token vectors), for the heads asked for. With an ``.npz`` output, dense vectors are written as one
-float32 matrix ``dense`` with ``ids`` (sparse and colbert are not supported there).
+Each input line is a JSON object with the text under ``--field``; the output holds, per text, ``id`` (the
+``--id-field`` value, else the line number) and the trained heads' outputs less those turned off: ``.jsonl`` with
+``dense``, ``sparse`` ({token id or token: weight}) and ``colbert`` per line, or ``.npz`` with a dense matrix, the
+sparse head as CSR and the multi-vector rows stacked with offsets (formats: ``m3lit.inference.vector_files``).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
-
-import numpy as np
 
 from .errors import USER_ERRORS, full_errors
 
@@ -50,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-dense", action="store_true")
     parser.add_argument("--no-sparse", action="store_true")
     parser.add_argument("--no-colbert", action="store_true")
+    parser.add_argument("--sparse-keys", choices=("ids", "tokens"), default="ids",
+                        help="jsonl: sparse weights keyed by token id (default; rank_features-ready) or token string")
+    parser.add_argument("--colbert-dtype", choices=("float16", "float32"), default="float16",
+                        help="npz: dtype of the stacked multi-vector matrix")
     parser.add_argument("--fresh-heads", action="store_true",
                         help="load a folder without sparse_linear.pt / colbert_linear.pt with fresh (untrained) heads")
     args = parser.parse_args(argv)
@@ -82,29 +83,17 @@ def encode_file(args: argparse.Namespace) -> None:
     if not texts:
         raise ValueError(f"{args.input}: no texts (the file has no JSON line)")
     from ..inference.embedder import M3Embedder  # torch and transformers: only once the input is known good
+    from ..inference.vector_files import write_jsonl, write_npz
 
     embedder = M3Embedder.from_pretrained(args.model_dir, device=args.device, fresh_heads=args.fresh_heads)
-    tmp = f"{args.output}.tmp-{os.getpid()}"
+    # heads the model trained, less those turned off
+    out = embedder.encode(texts, args.batch_size, args.max_length, False if args.no_dense else None,
+                          False if args.no_sparse else None, False if args.no_colbert else None)
     if args.output.endswith(".npz"):
-        out = embedder.encode(texts, args.batch_size, args.max_length, True, False, False)
-        with open(tmp, "wb") as f:
-            np.savez(f, dense=out["dense"], ids=np.array(ids))
-        os.replace(tmp, args.output)
+        write_npz(args.output, ids, out, len(embedder.tokenizer), args.colbert_dtype)
     else:
-        # heads the model trained, less those turned off
-        out = embedder.encode(texts, args.batch_size, args.max_length, False if args.no_dense else None,
-                              False if args.no_sparse else None, False if args.no_colbert else None)
-        with open(tmp, "w", encoding="utf-8") as f:
-            for i, text_id in enumerate(ids):
-                row: dict = {"id": text_id}
-                if "dense" in out:
-                    row["dense"] = out["dense"][i].tolist()
-                if "sparse" in out:
-                    row["sparse"] = {str(k): v for k, v in out["sparse"][i].items()}
-                if "colbert" in out:
-                    row["colbert"] = out["colbert"][i].tolist()
-                f.write(json.dumps(row) + "\n")
-        os.replace(tmp, args.output)
+        token_of = embedder.tokenizer.convert_ids_to_tokens if args.sparse_keys == "tokens" else None
+        write_jsonl(args.output, ids, out, token_of)
     print(f"encoded {len(texts)} texts -> {args.output}", file=sys.stderr)
 
 
