@@ -176,6 +176,9 @@ def test_two_scheme_multirun_leaves_two_offline_wandb_runs_that_compare_reads(tm
 
     run_dirs = sorted(glob.glob(str(sweep_dir / "*" / "wandb" / "offline-run-*")))
     assert len(run_dirs) == 2
+    # the multirun ended with its comparison in the sweep folder and `latest` beside it pointing there
+    assert "| weighted |" in (sweep_dir / "compare.md").read_text() and (sweep_dir / "compare.png").exists()
+    assert (tmp_path / "latest").resolve() == sweep_dir.resolve()
     runs = [read_wandb_run(d) for d in run_dirs]
     by_scheme = {r.choices["scheme"]: r for r in runs}
     assert set(by_scheme) == {"weighted", "uniform"}
@@ -287,3 +290,11 @@ def test_searchpath_points_at_the_packaged_sweeps_folder():
     with pytest.raises(Exception, match="scheme"):
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             compose("train", overrides=["+scheme=no_such_scheme"])
+
+
+def test_latest_link_sits_beside_the_sweep_folders():
+    from m3lit.runs.sweep_end import latest_link_path
+
+    assert latest_link_path("multirun/teacher_weighting/2026-01-01_12-00-00-ab12cd34") == "multirun/latest"
+    assert latest_link_path("multirun/2026-01-01/12-00-00-ab12cd34") == "multirun/latest"
+    assert latest_link_path("/abs/sweeps/one") == "/abs/sweeps/latest"

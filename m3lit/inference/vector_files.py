@@ -19,7 +19,6 @@ from typing import Mapping, Sequence
 import numpy as np
 
 
-
 def sparse_csr(rows: Sequence[Mapping[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indptr, indices, data) of {token_id: weight} rows, ids ascending within a row."""
     indptr = np.zeros(len(rows) + 1, dtype=np.int64)
