@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Callable
@@ -15,7 +16,7 @@ def _accepts(annotation: Any, value: Any) -> bool | None:
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return True
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+    if origin in (typing.Union, types.UnionType):
         verdicts = [_accepts(a, value) for a in typing.get_args(annotation)]
         if any(v is True for v in verdicts):
             return True

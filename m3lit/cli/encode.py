@@ -13,24 +13,19 @@ import argparse
 import os
 import sys
 
-from .errors import USER_ERRORS, full_errors
+from .errors import report_errors
 
 
 def read_texts(path: str, field: str, id_field: str | None) -> tuple[list[str], list[str]]:
     """Texts and ids of a jsonl(.gz) file; errors name ``path:line`` and the field."""
-    from ..eval.beir import BeirFormatError, iter_jsonl
+    from ..eval.beir import iter_jsonl  # its errors (ValueError) name path:line
 
-    if not os.path.isfile(path):
-        raise SystemExit(f"m3lit-encode: {path}: no such file")
     texts, ids = [], []
-    try:
-        for lineno, obj in iter_jsonl(path):
-            if not isinstance(obj.get(field), str):
-                raise SystemExit(f"m3lit-encode: {path}:{lineno}: field {field!r} missing or not a string")
-            texts.append(obj[field])
-            ids.append(str(obj[id_field]) if id_field and id_field in obj else str(lineno))
-    except BeirFormatError as err:
-        raise SystemExit(f"m3lit-encode: {err}") from None
+    for lineno, obj in iter_jsonl(path):
+        if not isinstance(obj.get(field), str):
+            raise ValueError(f"{path}:{lineno}: field {field!r} missing or not a string")
+        texts.append(obj[field])
+        ids.append(str(obj[id_field]) if id_field and id_field in obj else str(lineno))
     return texts, ids
 
 
@@ -53,13 +48,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="npz: dtype of the stacked multi-vector matrix")
     parser.add_argument("--fresh-heads", action="store_true",
                         help="load a folder without sparse_linear.pt / colbert_linear.pt with fresh (untrained) heads")
-    args = parser.parse_args(argv)
-    try:
-        encode_file(args)
-    except USER_ERRORS as err:
-        if full_errors():
-            raise
-        raise SystemExit(f"m3lit-encode: error: {err}") from None
+    encode_file(parser.parse_args(argv))
 
 
 def check_output(output: str, input_path: str) -> None:
@@ -75,6 +64,7 @@ def check_output(output: str, input_path: str) -> None:
         raise ValueError(f"output {output} is the input file: it would be overwritten; choose another name")
 
 
+@report_errors("m3lit-encode")
 def encode_file(args: argparse.Namespace) -> None:
     if not os.path.isfile(args.input):
         raise FileNotFoundError(f"{args.input}: no such file")

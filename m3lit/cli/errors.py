@@ -20,8 +20,9 @@ def full_errors() -> bool:
 
 
 def report_errors(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorator of a console script's task function: a user error prints ``<prog>: error: <message>`` on stderr
-    and exits with status 1; SIGTERM (after its checkpoint) exits with 143."""
+    """Decorator of a console script's entry function: a user error exits with status 1 printing
+    ``<prog>: error: <message>`` on stderr (a ``SystemExit`` carrying it); SIGTERM (after its checkpoint) exits
+    with 143."""
 
     def wrap(fn: Callable[..., T]) -> Callable[..., T]:
         @functools.wraps(fn)
@@ -36,8 +37,7 @@ def report_errors(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
             except USER_ERRORS as err:
                 if full_errors():
                     raise
-                print(f"{prog}: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)", file=sys.stderr, flush=True)
-                sys.exit(1)
+                raise SystemExit(f"{prog}: error: {err}\n(HYDRA_FULL_ERROR=1 shows the traceback)") from None
 
         return run
 

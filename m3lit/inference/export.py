@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Mapping
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..files import remove_path, replace_path
 from ..model import M3Model
 from ..model.defaults import HEADS
 from .model_folder import INCOMPLETE, write_export_marker
@@ -40,15 +40,9 @@ def export_bge_m3(model: M3Model, tokenizer: PreTrainedTokenizerBase, directory:
     """
     final = os.path.abspath(directory)
     tmp = f"{final}{INCOMPLETE}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    remove_path(tmp)
     model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp)
     write_export_marker(tmp)
-    if os.path.isdir(final):
-        aside = f"{final}.replaced-{os.getpid()}"
-        os.replace(final, aside)
-        os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_path(tmp, final)
     return final

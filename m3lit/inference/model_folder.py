@@ -62,13 +62,12 @@ def check_model_folder(path: str, fresh_heads: bool = False) -> None:
 
 
 def write_export_marker(directory: str) -> None:
-    """List every file of ``directory`` with its size in the marker (written last)."""
+    """List every file of ``directory`` with its size in the marker (written last; the folder itself is renamed
+    into place afterwards)."""
     files = {name: os.path.getsize(os.path.join(directory, name)) for name in sorted(os.listdir(directory))
              if os.path.isfile(os.path.join(directory, name)) and name != EXPORT_MARKER}
-    tmp = os.path.join(directory, EXPORT_MARKER + ".tmp")
-    with open(tmp, "w") as f:
+    with open(os.path.join(directory, EXPORT_MARKER), "w") as f:
         json.dump({"format": "bge-m3", "files": files}, f, indent=2)
-    os.replace(tmp, os.path.join(directory, EXPORT_MARKER))
 
 
 def _listing(path: str, limit: int = 8) -> str:

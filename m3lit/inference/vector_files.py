@@ -13,10 +13,11 @@ OpenSearch ``rank_features``) or the tokenizer's token strings (``sparse_keys="t
 from __future__ import annotations
 
 import json
-import os
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from ..files import write_file_atomically
 
 
 def sparse_csr(rows: Sequence[Mapping[int, float]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -51,7 +52,7 @@ def write_npz(path: str, ids: Sequence[str], out: Mapping[str, object], vocab_si
                       sparse_shape=np.asarray([len(ids), vocab_size], dtype=np.int64))
     if "colbert" in out:
         arrays["colbert"], arrays["colbert_offsets"] = stacked_vectors(out["colbert"], colbert_dtype)  # type: ignore
-    _atomic(path, lambda f: np.savez(f, **arrays), binary=True)
+    write_file_atomically(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
 def write_jsonl(path: str, ids: Sequence[str], out: Mapping[str, object], token_of=None) -> None:
@@ -69,15 +70,4 @@ def write_jsonl(path: str, ids: Sequence[str], out: Mapping[str, object], token_
                 row["colbert"] = out["colbert"][i].tolist()  # type: ignore[index]
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
-    _atomic(path, write, binary=False)
-
-
-def _atomic(path: str, write, binary: bool) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_file_atomically(path, write)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 import signal
 import zipfile
 from typing import Any
@@ -23,29 +22,12 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from ..files import remove_path, replace_path
+
 log = logging.getLogger(__name__)
 
 LAST = "last.ckpt"
 STEP_PATTERN = re.compile(r"^step-(\d+)\.ckpt$")
-
-
-def _replace(tmp: str, final: str) -> None:
-    """Move ``tmp`` (file or folder) to ``final``; a folder already at ``final`` is moved aside first."""
-    if os.path.isdir(final) and not os.path.islink(final):
-        aside = final + ".old"
-        shutil.rmtree(aside, ignore_errors=True)
-        os.replace(final, aside)
-        os.replace(tmp, final)
-        shutil.rmtree(aside, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    elif os.path.lexists(path):
-        os.remove(path)
 
 
 def save_checkpoint_atomically(trainer: L.Trainer, path: str, weights_only: bool = False) -> str:
@@ -53,11 +35,11 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: str, weights_only: bool
     tmp = path + ".tmp"
     if trainer.is_global_zero:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        _remove(tmp)
+        remove_path(tmp)
     trainer.strategy.barrier("m3lit.checkpoint.begin")
     trainer.save_checkpoint(tmp, weights_only=weights_only)  # ends with a barrier
     if trainer.is_global_zero:
-        _replace(tmp, path)
+        replace_path(tmp, path)
     trainer.strategy.barrier("m3lit.checkpoint.end")
     return path
 
@@ -65,7 +47,7 @@ def save_checkpoint_atomically(trainer: L.Trainer, path: str, weights_only: bool
 def link_atomically(target: str, link: str) -> None:
     """Make ``link`` a relative symbolic link to ``target``, replacing any previous one in one rename."""
     tmp = link + ".tmp-link"
-    _remove(tmp)
+    remove_path(tmp)
     os.symlink(os.path.relpath(target, os.path.dirname(os.path.abspath(link))), tmp)
     os.replace(tmp, link)
 
@@ -111,6 +93,7 @@ class PeriodicCheckpoint(L.Callback):
         self.at_end = bool(at_end)
         self.on_signal = bool(on_signal)
         self.last_saved_step: int | None = None
+        self._checked_step: int | None = None
         self._usr1 = False
         self._previous_usr1: Any = None
 
@@ -140,8 +123,11 @@ class PeriodicCheckpoint(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         step = trainer.global_step
+        if step == self._checked_step:  # later micro-batches of the same optimizer step
+            return
+        self._checked_step = step
         periodic = self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0
-        if self._signal_received(trainer):
+        if self.on_signal and self._signal_received(trainer):
             log.info("SIGUSR1: writing a checkpoint at step %d", step)
             periodic = True
         if periodic and step != self.last_saved_step:
@@ -180,7 +166,7 @@ class PeriodicCheckpoint(L.Callback):
         if trainer.is_global_zero:
             link_atomically(path, self.last_path(trainer))
             for old in self.step_checkpoints(directory)[:-self.keep]:
-                _remove(old)
+                remove_path(old)
         trainer.strategy.barrier("m3lit.checkpoint.pruned")
         return path
 
