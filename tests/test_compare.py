@@ -57,7 +57,8 @@ def sweep_dir(tmp_path) -> Path:
 def test_compare_prints_scheme_by_head_tables_and_writes_files(sweep_dir, capsys):
     assert compare_main([str(sweep_dir), "--wandb", "off"]) == 0
     out = capsys.readouterr().out
-    block = out[out.index("ndcg@10 (average over 2 datasets, final evaluation)"):].split("\n\n")[0].splitlines()
+    block = out[out.index("ndcg@10 (dev eval/…, average over 2 datasets, final evaluation; no paired test: run "
+                          "tiny-weighted kept no per-query values)"):].split("\n\n")[0].splitlines()
     assert block[1].split() == ["scheme", *MODES]
     assert [line.split()[0] for line in block[3:]] == ["weighted", "uniform", "learned"]
     assert [float(v) for v in block[3].split()[1:]] == pytest.approx([0.51, 0.52, 0.53, 0.54, 0.55])
@@ -71,7 +72,7 @@ def test_compare_one_dataset_and_a_config_key_as_label(sweep_dir, capsys, tmp_pa
     assert compare_main([str(sweep_dir), "--dataset", "de", "--by", "teacher.weights.sparse", "--metrics", "ndcg@10",
                          "--output", str(out_dir), "--wandb", "off"]) == 0
     out = capsys.readouterr().out
-    assert "ndcg@10 (dataset de, final evaluation)" in out and "recall@100" not in out.split("wrote")[0]
+    assert "ndcg@10 (dev eval/…, dataset de, final evaluation" in out and "recall@100" not in out.split("wrote")[0]
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line[:3] in ("0.5", "0.4", "0.6")}
     assert float(rows["0.4"][0]) == pytest.approx(0.42)
 
@@ -117,12 +118,14 @@ def test_replicates_are_averaged_with_their_spread(tmp_path):
     assert comparison.value("a", "ndcg@10", "dense") == pytest.approx(0.6)
     assert comparison.std("a", "ndcg@10", "dense") == pytest.approx(0.1414, abs=1e-4)
     table = format_comparison(comparison).splitlines()
-    assert "mean±std over runs" in table[0] and table[1].split() == ["scheme", "dense", "runs"]
-    assert table[3].split() == ["a", "0.6000±0.1414", "2"] and table[4].split() == ["b", "0.4000±0.0000", "1"]
+    assert "mean±std [95 % t-interval] over runs" in table[0] and table[1].split() == ["scheme", "dense", "runs"]
+    # 95 % t-interval of (0.5, 0.7): 0.6 ± t(0.975, 1) · 0.1414 / √2 = 0.6 ± 12.706 · 0.1
+    assert table[3].split() == ["a", "0.6000±0.1414", "[-0.671,1.871]", "2"]
+    assert table[4].split() == ["b", "0.4000±0.0000", "1"]
     from m3lit.runs import plot, write_csv
 
-    assert "a,2,average,dense,ndcg@10,0.600000,0.141421," in Path(write_csv(comparison, str(tmp_path / "c.csv"))
-                                                                    ).read_text()
+    assert ",eval,average,a,2,dense,ndcg@10,0.6,0.141421,-0.67062,1.87062,,,,,,,\n" in Path(
+        write_csv(comparison, str(tmp_path / "c.csv"))).read_text()
     assert Path(plot(comparison, str(tmp_path / "p.png"))).stat().st_size > 1000
 
 
@@ -211,37 +214,63 @@ def test_summary_file_round_trip(tmp_path):
     assert json.loads(Path(path).read_text())["format"] == 1
 
 
-def test_compare_logs_table_and_plot_to_wandb_when_asked(sweep_dir, monkeypatch, capsys):
+def test_online_comparison_is_a_wandb_run_and_a_report(sweep_dir, monkeypatch, capsys):
     import wandb
+    import wandb_workspaces.reports.v2 as wr
 
     calls = {}
 
     class FakeWandbRun:
-        url = "https://wandb.example/run"
+        url, dir = "https://wandb.example/run", str(sweep_dir / "wandb" / "run" / "files")
+
+        def __init__(self):
+            self.summary = {}
 
         def log(self, data):
             calls["log"] = data
+
+        def save(self, path, base_path=None, policy=None):
+            calls["saved"] = Path(path).read_text()
 
         def finish(self):
             calls["finished"] = True
 
     def fake_init(**kwargs):
         calls["init"] = kwargs
-        return FakeWandbRun()
+        calls["run"] = FakeWandbRun()
+        return calls["run"]
+
+    def fake_save(report, draft=False, clone=False):  # no W&B server: keep what would be uploaded
+        calls["report"] = report
+        calls["report_model"] = report._to_model()  # the report serialises as W&B's API expects
+        return report
 
     monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setattr(wr.Report, "save", fake_save)
     assert compare_main([str(sweep_dir), "--wandb", "on", "--metrics", "ndcg@10"]) == 0
-    assert "logged to W&B: https://wandb.example/run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "comparison logged to W&B (online): https://wandb.example/run" in out
+    assert "W&B report:" in out
     assert calls["finished"] and calls["init"]["group"] == "teacher_weighting"
-    assert (calls["init"]["project"], calls["init"]["job_type"]) == ("m3lit", "compare")
-    table, image = calls["log"]["compare/table"], calls["log"]["compare/plot"]
+    assert (calls["init"]["project"], calls["init"]["job_type"], calls["init"]["mode"]) == ("m3lit", "compare",
+                                                                                            "online")
+    table, image = calls["log"]["compare/table"], calls["log"]["compare/bars"]
     assert isinstance(table, wandb.Table) and isinstance(image, wandb.Image)
-    assert table.columns == ["scheme", "runs", "metric", *MODES]
-    assert [row[0] for row in table.data] == ["weighted", "uniform", "learned"]
+    assert table.columns[:7] == ["setup", "prefix", "dataset", "label", "runs", "mode", "metric"]
+    assert {row[3] for row in table.data} == {"weighted", "uniform", "learned"}
+    assert calls["run"].summary["compare/eval/average/all/ndcg@10/learned/mean"] == pytest.approx(0.65)
+    assert "# Comparison: teacher_weighting" in calls["saved"]
+    report = calls["report"]
+    assert (report.project, report.title) == ("m3lit", "m3lit comparison: teacher_weighting")
+    markdown = [b for b in report.blocks if isinstance(b, wr.MarkdownBlock)][0].text
+    assert "| learned | 0.6100 |" in markdown
+    (grid,) = [b for b in report.blocks if isinstance(b, wr.PanelGrid)]
+    assert grid.runsets[0].filters == "Group = 'teacher_weighting'"
+    assert any(isinstance(p, wr.WeavePanelSummaryTable) and p.table_name == "compare/table" for p in grid.panels)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
     calls.clear()
-    assert compare_main([str(sweep_dir)]) == 0 and "init" not in calls  # auto: offline without an API key
+    assert compare_main([str(sweep_dir)]) == 0 and "init" not in calls  # auto: these runs were not W&B-tracked
 
 
 def test_runs_of_several_sweeps_with_other_seeds_are_averaged(sweep_dir, tmp_path_factory, capsys):
@@ -253,8 +282,9 @@ def test_runs_of_several_sweeps_with_other_seeds_are_averaged(sweep_dir, tmp_pat
     assert compare_main([str(sweep_dir), str(other), "--metrics", "ndcg@10", "--output", str(out_dir),
                          "--wandb", "off"]) == 0
     out = capsys.readouterr().out
-    assert "5 runs from" in out and "mean±std over runs" in out
+    assert "5 runs from" in out and "mean±std [95 % t-interval] over runs" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()
             if line.startswith(("weighted ", "learned "))}
-    assert rows["weighted"][0] == "0.6100±0.1414" and rows["weighted"][-1] == "2"
+    assert rows["weighted"][0] == "0.6100±0.1414" and rows["weighted"][1] == "[-0.661,1.881]"
+    assert rows["weighted"][-1] == "2"
     assert rows["learned"][0] == "0.6100±0.0000" and rows["learned"][-1] == "1"

@@ -166,34 +166,59 @@ def _train(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Complet
     return run_console("m3lit-train", *args, cwd=cwd, timeout=timeout, env={"WANDB_API_KEY": ""})
 
 
-def test_two_scheme_multirun_leaves_two_offline_wandb_runs_that_compare_reads(tmp_path, capsys):
+def test_two_scheme_two_seed_multirun_ends_compared_with_statistics_in_wandb(tmp_path, capsys):
     sweep_dir = tmp_path / "sweep"
-    _train(["-m", "+sweep=teacher_weighting", "+scheme=weighted,uniform", f"hydra.sweep.dir={sweep_dir}",
-            "trainer.max_steps=3", "trainer.log_every_n_steps=1", "callbacks.retrieval_eval.every_n_steps=0",
+    _train(["-m", "+sweep=teacher_weighting", "+scheme=weighted,learned", "seed=1,2", f"hydra.sweep.dir={sweep_dir}",
+            "trainer.max_steps=4", "trainer.log_every_n_steps=1", "callbacks.retrieval_eval.every_n_steps=2",
             "callbacks.retrieval_eval.at_start=false",
-            "callbacks.retrieval_eval.datasets=[en,de]", "callbacks.retrieval_eval.max_queries=8",
+            "callbacks.retrieval_eval.datasets=[en,de]", "callbacks.retrieval_eval.max_queries=16",
             "callbacks.retrieval_eval.print_table=false", "callbacks.tracking.export_artifact=true"], tmp_path)
 
     run_dirs = sorted(glob.glob(str(sweep_dir / "*" / "wandb" / "offline-run-*")))
-    assert len(run_dirs) == 2
-    # the multirun ended with its comparison in the sweep folder and `latest` beside it pointing there
-    assert "| weighted |" in (sweep_dir / "compare.md").read_text() and (sweep_dir / "compare.png").exists()
+    assert len(run_dirs) == 4
+    # the multirun ended with its comparison in the sweep folder and `latest` beside it pointing there:
+    # the held-out test table with intervals over the 2 seeds and the paired test against the first scheme
+    md = (sweep_dir / "compare.md").read_text()
+    assert "**ndcg@10 (held-out test test/…, average over 2 datasets" in md and "95 % t-interval" in md
+    assert "| weighted (baseline) |" in md and "Holm-adjusted p of a paired randomisation test" in md
+    learned_row = [line for line in md.splitlines() if line.startswith("| learned |")][0]
+    assert all(any(mark in cell for mark in "▲▼≈") for cell in learned_row.split("|")[2:7])
+    assert "dev eval/…" in md and "![ndcg@10 during training (dev)](curves.png)" in md
+    assert (sweep_dir / "compare.png").exists() and (sweep_dir / "curves.png").stat().st_size > 5000
+    assert (sweep_dir / "teacher_weights.png").exists()  # learned weights move
+    rows = (sweep_dir / "compare.csv").read_text().splitlines()
+    learned = [r.split(",") for r in rows if ",test,average,learned,2,all,ndcg@10," in r]
+    assert len(learned) == 1 and learned[0][11] == "weighted" and learned[0][15] in ("better", "worse", "same")
+    assert float(learned[0][9]) <= float(learned[0][7]) <= float(learned[0][10])  # the interval holds the mean
     assert (tmp_path / "latest").resolve() == sweep_dir.resolve()
+    # the comparison itself is an offline W&B run of the sweep's group, read back by the project's reader
+    (compare_dir,) = glob.glob(str(sweep_dir / "wandb" / "offline-run-*"))
+    comparison_run = read_wandb_run(compare_dir)
+    assert (comparison_run.job_type, comparison_run.group) == ("compare", "teacher_weighting")
+    key = "compare/test/average/all/ndcg@10/learned"
+    assert 0.0 <= comparison_run.metrics[f"{key}/p_adjusted"] <= 1.0
+    assert comparison_run.metrics[f"{key}/mean"] == pytest.approx(float(learned[0][7]), abs=1e-6)
+    assert os.path.exists(os.path.join(compare_dir, "files", "compare.md"))
+    assert glob.glob(os.path.join(compare_dir, "files", "media", "images", "compare", "curves*.png"))
+    assert len(local_runs(str(sweep_dir))) == 4  # the comparison run is not one of the runs
+
+    run_dirs = run_dirs[::2]  # seed 1 of each scheme below
     runs = [read_wandb_run(d) for d in run_dirs]
     by_scheme = {r.choices["scheme"]: r for r in runs}
-    assert set(by_scheme) == {"weighted", "uniform"}
-    weighted, uniform = by_scheme["weighted"], by_scheme["uniform"]
+    assert set(by_scheme) == {"weighted", "learned"}
+    weighted, learned = by_scheme["weighted"], by_scheme["learned"]
     # distinct configs: the full resolved config was logged
     assert weighted.config["teacher"]["_target_"].endswith("WeightedTeacher")
-    assert uniform.config["teacher"]["_target_"].endswith("UniformTeacher")
-    assert weighted.config["trainer"]["max_steps"] == 3 and weighted.group == "teacher_weighting"
-    assert {r.status for r in runs} == {"finished"} and {r.name for r in runs} == {"tiny-weighted", "tiny-uniform"}
+    assert learned.config["teacher"]["_target_"].endswith("LearnedTeacher")
+    assert weighted.config["trainer"]["max_steps"] == 4 and weighted.group == "teacher_weighting"
+    assert {r.status for r in runs} == {"finished"} and {r.name for r in runs} == {"tiny-weighted", "tiny-learned"}
     # distinct metrics: teacher weights and the ensemble loss differ; the evaluation and tracking keys are there
     assert weighted.metrics["teacher/w_sparse"] == pytest.approx(0.3)
-    assert uniform.metrics["teacher/w_sparse"] == pytest.approx(1.0)
-    assert weighted.metrics["train/loss/ensemble"] != uniform.metrics["train/loss/ensemble"]
+    assert learned.metrics["teacher/w_sparse"] != pytest.approx(0.3, abs=1e-6)  # learned: it moved
+    assert weighted.metrics["train/loss/ensemble"] != learned.metrics["train/loss/ensemble"]
     for r in runs:
-        assert r.metrics["trainer/global_step"] == 3
+        assert r.metrics["trainer/global_step"] == 4
+        assert {"test/en/colbert/ndcg@10", "test/average/all/ndcg@10"} <= set(r.metrics)
         assert {"train/grad_norm", "train/lr", "perf/tokens_per_s", "batch/padding_fraction",
                 "train/loss/dense", "train/loss/sparse", "train/loss/colbert", "train/loss/distill",
                 "eval/en/colbert/ndcg@10", "eval/de/sparse/recall@100", "eval/average/all/ndcg@10"} <= set(r.metrics)
@@ -212,19 +237,17 @@ def test_two_scheme_multirun_leaves_two_offline_wandb_runs_that_compare_reads(tm
                for i in r.history.item)
     assert os.path.exists(os.path.join(run_dirs[0], "files", "config_resolved.yaml"))
 
+    # m3lit-compare again, from the offline W&B runs alone: the same comparison as the one the sweep ended with
     out = tmp_path / "report"
     printed = run_console("m3lit-compare", str(sweep_dir), "--source", "wandb", "--output", str(out), "--wandb", "off",
                           cwd=tmp_path).stdout
-    table = printed[printed.index("ndcg@10 (average over 2 datasets"):].split("\n\n")[0].splitlines()
-    assert table[1].split() == ["scheme", "dense", "sparse", "colbert", "dense+sparse", "all"]
-    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in table[3:]}
-    assert set(rows) == {"weighted", "uniform"}
-    assert rows["uniform"][4] == pytest.approx(uniform.metrics["eval/average/all/ndcg@10"], abs=1e-4)
-    assert (out / "compare.png").stat().st_size > 5000
-    csv_lines = (out / "compare.csv").read_text().splitlines()
-    assert len(csv_lines) == 1 + 2 * 5 * 3  # runs × modes × metrics
-    assert "| weighted |" in (out / "compare.md").read_text()
-    # the summaries give the same comparison
+    table = printed[printed.index("ndcg@10 (held-out test test/…, average over 2 datasets"):].split("\n\n")[0]
+    assert table.splitlines()[1].split() == ["scheme", "dense", "sparse", "colbert", "dense+sparse", "all", "runs"]
+    again, first = [[r.split(",") for r in (d / "compare.csv").read_text().splitlines()] for d in (out, sweep_dir)]
+    assert [r[:7] + r[11:12] + r[15:] for r in again] == [r[:7] + r[11:12] + r[15:] for r in first]
+    assert [float(v or "nan") for r in again[1:] for v in r[7:11] + r[12:15]] == pytest.approx(
+        [float(v or "nan") for r in first[1:] for v in r[7:11] + r[12:15]], abs=1e-5, nan_ok=True)
+    assert len(rows) == 1 + 2 * 5 * 3 * (1 + 2 + 1)  # labels × modes × metrics × (test average, en, de; dev average)
     assert [r.run_id for r in local_runs(str(sweep_dir), "summary")] == [r.run_id for r in
                                                                           local_runs(str(sweep_dir), "wandb")]
 

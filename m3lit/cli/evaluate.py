@@ -59,7 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics=tuple(cfg.metrics), batch_size=cfg.batch_size, max_tokens=cfg.max_tokens,
         max_length=cfg.max_length, query_max_length=cfg.query_max_length, candidate_depth=cfg.candidate_depth,
         colbert_exhaustive_max_docs=cfg.colbert_exhaustive_max_docs, colbert_rerank_depth=cfg.colbert_rerank_depth,
-        dense_backend=cfg.dense_backend, mcls=cfg.mcls,
+        dense_backend=cfg.dense_backend, mcls=cfg.mcls, per_query=bool(cfg.per_query),
     )
     encoder = load_encoder(cfg.model_path, cfg.device, cfg.dtype, cfg.attn_implementation,  # after the checks
                            bool(cfg.fresh_heads))

@@ -7,10 +7,11 @@ Malformed input raises :class:`BeirFormatError` naming the file, the line and th
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import IO, Iterator
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,32 @@ def load_beir(folder: str, split: str = "test", name: str | None = None, use_tit
              "qrels_unknown_docs": unknown_docs}
     return BeirDataset(name=name or os.path.basename(folder), corpus=corpus, queries=queries, qrels=qrels,
                        path=folder, split=split, stats=stats)
+
+
+def in_query_slice(query_id: str, fraction: float, seed: int = 0) -> bool:
+    """Whether a query belongs to the held-out slice: sha256("<seed>:<query id>") read as a number in [0, 1)
+    is below ``fraction`` — the same queries on every machine and run, independent of order and of the others."""
+    digest = hashlib.sha256(f"{seed}:{query_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+
+
+def split_queries(dataset: BeirDataset, fraction: float, seed: int = 0) -> tuple[BeirDataset, BeirDataset]:
+    """(kept, held out): the dataset's queries split by :func:`in_query_slice`; the corpus is shared."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"query split fraction={fraction}: expected a value between 0 and 1 (exclusive)")
+    held = {q for q in dataset.qrels if in_query_slice(q, fraction, seed)}
+    if not held or len(held) == len(dataset.qrels):
+        raise ValueError(f"{dataset.path or dataset.name}: splitting its {len(dataset.qrels)} queries with "
+                         f"fraction={fraction} leaves one side empty; use more queries or another fraction")
+
+    def part(ids: set[str], split: str) -> BeirDataset:
+        qrels = {q: j for q, j in dataset.qrels.items() if q in ids}
+        return replace(dataset, queries={q: t for q, t in dataset.queries.items() if q in ids}, qrels=qrels,
+                       split=split, stats={**dataset.stats, "queries": len(qrels)})
+
+    kept = set(dataset.qrels) - held
+    return (part(kept, f"{dataset.split}[not held out {fraction:g}]"),
+            part(held, f"{dataset.split}[held out {fraction:g}]"))
 
 
 def load_beir_datasets(root: str, split: str = "test", names: list[str] | None = None, use_titles: bool = True,

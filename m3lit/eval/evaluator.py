@@ -21,7 +21,7 @@ from .corpus_encoding import EncodedTexts, SharedTextCache, encode_texts
 from .hybrid import DEFAULT_HYBRIDS, hybrid_search
 from .metrics import DEFAULT_METRICS, evaluate_ranked, max_cutoff
 from .search import Ranking, colbert_search, dense_search, rerank, sparse_search
-from .tables import AVERAGE_KEY, STATS_KEY, average_results, format_results
+from .tables import AVERAGE_KEY, PER_QUERY_KEY, STATS_KEY, average_results, format_results
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class RetrievalSettings:
     mcls: bool = False                     # passages with a CLS every mcls_interval tokens (dense = mean)
     mcls_interval: int = MCLS_INTERVAL
     encode_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    per_query: bool = False                # also each query's metric values ("per_query" of every dataset)
 
     def __post_init__(self) -> None:
         self.heads = tuple(self.heads)
@@ -151,7 +152,8 @@ def encode_dataset(encoder: Any, dataset: BeirDataset, settings: RetrievalSettin
 def search_dataset(dataset: BeirDataset, queries: EncodedTexts, docs: EncodedTexts, settings: RetrievalSettings,
                    device: str = "cpu") -> dict[str, Any]:
     """Search every head and hybrid over encoded texts (in the dataset's query / corpus order) and score the
-    rankings: {mode: {metric: value}, "stats": {...}}."""
+    rankings: {mode: {metric: value}, "stats": {...}} (+ "per_query": {mode: {metric: {query id: value}}} with
+    ``settings.per_query``)."""
     k = max_cutoff(settings.metrics)
     depth = settings.candidate_depth or k
     doc_ids, query_ids = list(dataset.corpus), list(dataset.queries)
@@ -184,9 +186,14 @@ def search_dataset(dataset: BeirDataset, queries: EncodedTexts, docs: EncodedTex
     for name, weights in settings.active_hybrids.items():
         modes[name] = timed(name, hybrid_search, rankings, weights, queries, docs, k, depth, device)
     out: dict[str, Any] = {}
+    per_query: dict[str, dict[str, dict[str, float]]] = {}
     for mode, ranking in modes.items():
         ranked = {qid: [doc_ids[j] for j in ranking.indices[i, :k] if j >= 0] for i, qid in enumerate(query_ids)}
-        out[mode] = evaluate_ranked(ranked, dataset.qrels, settings.metrics)
+        out[mode], per = evaluate_ranked(ranked, dataset.qrels, settings.metrics, per_query=True)
+        if settings.per_query:
+            per_query[mode] = {m: {qid: values[m] for qid, values in per.items()} for m in settings.metrics}
+    if settings.per_query:
+        out[PER_QUERY_KEY] = per_query
     out[STATS_KEY] = {
         "queries": len(query_ids), "corpus": len(doc_ids),
         "max_length": docs.max_length, "query_max_length": queries.max_length,

@@ -8,6 +8,8 @@ import math
 from typing import Mapping
 
 STATS_KEY = "stats"
+PER_QUERY_KEY = "per_query"   # {mode: {metric: {query id: value}}} with RetrievalSettings(per_query=True)
+INFO_KEYS = (STATS_KEY, PER_QUERY_KEY)   # entries of a dataset's results that are not retrieval modes
 AVERAGE_KEY = "average"
 
 
@@ -18,7 +20,7 @@ def modes_of(results: Mapping[str, Mapping]) -> list[str]:
         if name == AVERAGE_KEY:
             continue
         for mode in per:
-            if mode != STATS_KEY and mode not in modes:
+            if mode not in INFO_KEYS and mode not in modes:
                 modes.append(mode)
     return modes
 
@@ -30,7 +32,7 @@ def average_results(results: Mapping[str, Mapping]) -> dict[str, dict[str, float
         if name == AVERAGE_KEY:
             continue
         for mode, metrics in per.items():
-            if mode == STATS_KEY:
+            if mode in INFO_KEYS:
                 continue
             for metric, value in metrics.items():
                 sums.setdefault(mode, {}).setdefault(metric, []).append(float(value))
@@ -41,7 +43,7 @@ def metrics_of(results: Mapping[str, Mapping]) -> list[str]:
     metrics: list[str] = []
     for name, per in results.items():
         for mode, values in per.items():
-            if mode == STATS_KEY:
+            if mode in INFO_KEYS:
                 continue
             for m in values:
                 if m not in metrics:

@@ -13,6 +13,7 @@ from .record import SUMMARY_FILE, RunRecord, numeric_metrics, read_summary
 from .wandb_file import read_wandb_run
 
 SOURCES = ("auto", "summary", "wandb")
+COMPARE_JOB_TYPE = "compare"   # the W&B run m3lit-compare writes: never a run to compare
 
 
 def find_files(root: str, predicate) -> list[str]:
@@ -37,7 +38,7 @@ def local_runs(root: str, source: str = "auto") -> list[RunRecord]:
         known = {r.run_id for r in runs}
         wandb_files = find_files(root, lambda f: f.startswith("run-") and f.endswith(".wandb"))
         runs += [r for r in map(read_wandb_run, wandb_files) if r.run_id not in known]
-    return sort_runs(runs)
+    return sort_runs(r for r in runs if r.job_type != COMPARE_JOB_TYPE)
 
 
 def sort_runs(runs: Iterable[RunRecord]) -> list[RunRecord]:
@@ -72,6 +73,8 @@ def wandb_runs(target: str, api: Any = None) -> list[RunRecord]:
         found = api.runs(project, filters={"group": group})
     runs = []
     for run in found:
+        if getattr(run, "job_type", None) == COMPARE_JOB_TYPE:
+            continue
         config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
         summary = getattr(run.summary, "_json_dict", None) or dict(run.summary)
         runs.append(RunRecord(run_id=run.id, name=run.name, source=f"{project}/{run.id}", config=config,

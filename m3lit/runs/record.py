@@ -17,6 +17,9 @@ from typing import Any, Mapping
 
 SUMMARY_FILE = "m3lit_run.json"
 SUMMARY_FORMAT = 1
+PER_QUERY_FILE = "eval_per_query.json"       # written by m3lit.eval.callback.RetrievalEvalCallback
+EVAL_HISTORY_FILE = "eval_history.jsonl"     # likewise
+TRAIN_HISTORY_FILE = "train_history.jsonl"   # written by m3lit.runs.tracking.TrackingCallback
 
 
 @dataclass
@@ -30,6 +33,8 @@ class RunRecord:
     metrics: dict[str, float] = field(default_factory=dict)
     group: str | None = None
     status: str = "unknown"
+    folder: str | None = None                     # the run's output folder (per-query values, histories), if known
+    job_type: str | None = None                   # W&B job type ("compare": a comparison, not a training run)
 
     @property
     def hydra(self) -> dict[str, Any]:
@@ -48,6 +53,38 @@ class RunRecord:
     def job_num(self) -> int | None:
         num = self.hydra.get("job_num")
         return int(num) if isinstance(num, (int, float)) else None
+
+    def read_json(self, name: str) -> Any:
+        """``<folder>/<name>`` parsed (JSON, or JSON lines for ``*.jsonl``); None when absent or unreadable."""
+        if not self.folder:
+            return None
+        path = os.path.join(self.folder, name)
+        if not os.path.isfile(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                if name.endswith(".jsonl"):
+                    return [json.loads(line) for line in f if line.strip()]
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def per_query(self, prefix: str) -> dict[str, dict[str, dict[str, dict[str, float]]]] | None:
+        """{dataset: {mode: {metric: {query id: value}}}} of the run's last ``prefix`` evaluation, when it kept
+        them (the evaluation callback's ``eval_per_query.json``)."""
+        data = self.read_json(PER_QUERY_FILE)
+        values = data.get("values", {}).get(prefix) if isinstance(data, dict) else None
+        return values if isinstance(values, dict) and values else None
+
+    def history(self, kind: str = "eval") -> list[tuple[int, dict[str, float]]]:
+        """(step, metrics) of every evaluation (``kind="eval"``: ``eval_history.jsonl``, all prefixes) or
+        training log step (``"train"``: ``train_history.jsonl``), a repeated step (after a resume) kept once, last."""
+        lines = self.read_json(EVAL_HISTORY_FILE if kind == "eval" else TRAIN_HISTORY_FILE) or []
+        steps: dict[int, dict[str, float]] = {}
+        for line in lines:
+            if isinstance(line, dict) and isinstance(line.get("metrics"), dict):
+                steps.setdefault(int(line.get("step", 0)), {}).update(numeric_metrics(line["metrics"]))
+        return sorted(steps.items())
 
     def config_value(self, dotted: str) -> Any:
         """``a.b.c`` of the config; ``choices.<group>`` reads a Hydra group choice. ``None`` when absent."""
@@ -98,4 +135,4 @@ def read_summary(path: str) -> RunRecord:
     run_dir = os.path.dirname(os.path.abspath(path))
     return RunRecord(run_id=str(data.get("run_id") or run_dir), name=str(data.get("name") or os.path.basename(run_dir)),
                      source=path, config=data["config"], metrics=numeric_metrics(data["metrics"]),
-                     group=data.get("group"), status=str(data.get("status", "unknown")))
+                     group=data.get("group"), status=str(data.get("status", "unknown")), folder=run_dir)

@@ -6,14 +6,17 @@
 - every optimizer step: ``train/grad_norm``, the 2-norm of all gradients before clipping, a tensor (no device
   sync; Lightning sends it to the loggers every ``log_every_n_steps``; under FSDP sharding the LightningModule logs
   it while clipping);
+- every ``log_every_n_steps`` optimizer steps: the ``teacher/*`` and ``train/loss*`` values as one line of
+  ``train_history.jsonl`` in the output dir (``{"step", "metrics"}``; the teacher-weight curves of ``m3lit-compare``);
 - at the end of fit (also after a failure): ``m3lit_run.json`` in the output dir (``m3lit.runs.record``) with the
-  final ``eval/*``, ``teacher/*``, ``train/*``, ``batch/*`` and ``perf/*`` values — what ``m3lit-compare`` reads;
+  final ``eval/*``, ``test/*``, ``teacher/*``, ``train/*``, ``batch/*`` and ``perf/*`` values — what ``m3lit-compare`` reads;
 - after the export (``m3lit-train`` calls ``log_export``): the BGE-M3 directory as a W&B ``model`` artifact when
   ``export_artifact`` is set.
 Files and logger calls happen on global rank 0 only.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -23,13 +26,14 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
-from .record import SUMMARY_FILE, numeric_metrics
+from .record import SUMMARY_FILE, TRAIN_HISTORY_FILE, numeric_metrics
 from .record import write_summary as write_summary_file
 
 log = logging.getLogger(__name__)
 
 RESOLVED_CONFIG_FILE = "config_resolved.yaml"
-SUMMARY_PREFIXES = ("eval/", "teacher/", "train/", "batch/", "perf/")
+HISTORY_PREFIXES = ("teacher/", "train/loss")
+SUMMARY_PREFIXES = ("eval/", "test/", "teacher/", "train/", "batch/", "perf/")
 
 
 def hydra_info() -> dict[str, Any]:
@@ -64,11 +68,15 @@ class TrackingCallback(Callback):
         summary_file: file name of the run summary in the output dir (null: none).
         export_artifact: log the exported model directory as a W&B artifact (type ``model``).
         artifact_name: the artifact's name (default ``model-<W&B run id>``).
+        history_file: file name of the training history in the output dir (null: none).
     """
 
     def __init__(self, log_config: bool = True, grad_norm: bool = True, summary_file: str | None = SUMMARY_FILE,
-                 export_artifact: bool = False, artifact_name: str | None = None):
+                 export_artifact: bool = False, artifact_name: str | None = None,
+                 history_file: str | None = TRAIN_HISTORY_FILE):
         super().__init__()
+        self.history_file = history_file
+        self._history_step: int | None = None
         self.log_config, self.grad_norm = log_config, grad_norm
         self.summary_file, self.export_artifact, self.artifact_name = summary_file, export_artifact, artifact_name
         self.run_config: dict[str, Any] | None = None
@@ -107,6 +115,19 @@ class TrackingCallback(Callback):
         norm = gradient_norm(pl_module)
         if norm is not None:
             pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False, batch_size=1)
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))
+        if not (self.history_file and trainer.is_global_zero) or step % every or step == self._history_step:
+            return
+        self._history_step = step
+        values = {k: v for k, v in _as_floats(trainer.callback_metrics).items() if k.startswith(HISTORY_PREFIXES)}
+        if values:
+            os.makedirs(trainer.default_root_dir, exist_ok=True)
+            with open(os.path.join(trainer.default_root_dir, self.history_file), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "metrics": values}) + "\n")
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":

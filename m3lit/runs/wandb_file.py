@@ -104,7 +104,7 @@ def read_wandb_run(path: str) -> RunRecord:
         path = os.path.join(path, files[0])
     config: dict[str, Any] = {}
     summary: dict[str, Any] = {}
-    run_id, name, group, status = os.path.basename(path)[4:-6], "", None, "unknown"
+    run_id, name, group, status, job_type = os.path.basename(path)[4:-6], "", None, "unknown", None
     for raw in iter_record_bytes(path):
         record = pb.Record()
         record.ParseFromString(raw)
@@ -112,6 +112,7 @@ def read_wandb_run(path: str) -> RunRecord:
         if kind == "run":
             run = record.run
             run_id, name, group = run.run_id or run_id, run.display_name, run.run_group or None
+            job_type = run.job_type or None
             _apply(config, run.config.update)
             _apply(summary, run.summary.update)
         elif kind == "config":
@@ -120,5 +121,7 @@ def read_wandb_run(path: str) -> RunRecord:
             _apply(summary, record.summary.update, record.summary.remove)
         elif kind == "exit":
             status = "finished" if record.exit.exit_code == 0 else "failed"
+    # <output dir>/wandb/offline-run-*/run-<id>.wandb: the training run's output folder holds its other files
+    folder = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(path))))
     return RunRecord(run_id=run_id, name=name or run_id, source=path, config=_config_values(config),
-                     metrics=numeric_metrics(summary), group=group, status=status)
+                     metrics=numeric_metrics(summary), group=group, status=status, folder=folder, job_type=job_type)
