@@ -133,8 +133,11 @@ class M3LightningModule(L.LightningModule):
             self.log("train/skipped", 0.0, batch_size=batch_size)
         self.log_dict({f"train/{k}": v for k, v in out.scalars().items()}, batch_size=batch_size)
         self.log("train/loss", out.loss.detach(), prog_bar=True, batch_size=batch_size)
-        self.log_dict({f"teacher/w_{h}": w for h, w in self.loss_fn.teacher.weights().items()
-                       if h in self.model.active_heads}, batch_size=batch_size)
+        teacher = self.loss_fn.teacher
+        values = {f"teacher/w_{h}": w for h, w in teacher.weights().items() if h in self.model.active_heads}
+        if teacher.temperature() is not None:
+            values["teacher/temperature"] = teacher.temperature()
+        self.log_dict({**values, **{k: v.detach() for k, v in out.diagnostics.items()}}, batch_size=batch_size)
         self._log_batch_stats(batch, batch_size)
         return out.loss
 
@@ -285,11 +288,13 @@ def signature_differences(saved: Mapping[str, Any], current: Mapping[str, Any], 
 
 
 def check_teacher_heads(loss: M3Loss, active_heads: tuple[str, ...]) -> None:
-    """A learned ensemble needs two heads to weigh; with one it would train weights of heads that do not exist."""
+    """A learned ensemble needs two heads to weigh: with one there is no ensemble loss, its parameters would get
+    no gradient (DDP refuses such parameters), so they are frozen at their initial values, with a warning."""
     teacher = loss.teacher
     if any(p.requires_grad for p in teacher.parameters()) and len(active_heads) < 2:
-        raise ValueError(f"teacher={type(teacher).__name__}: learned ensemble weights need at least two active heads,"
-                         f" this model has {', '.join(active_heads)}; use teacher=weighted (or enable more heads)")
+        log.warning("teacher=%s with one active head (%s): there is no ensemble to weigh; its weights stay fixed",
+                    type(teacher).__name__, ", ".join(active_heads))
+        teacher.requires_grad_(False)
 
 
 def _head_lr(head_lr: Mapping[str, float | None] | None) -> dict[str, float | None]:

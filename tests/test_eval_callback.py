@@ -106,3 +106,59 @@ def test_bad_arguments(beir_root):
     cb = RetrievalEvalCallback(beir_root, monitor="ndcg")
     with pytest.raises(ValueError, match="monitor"):
         cb.monitored({})
+
+
+def test_held_out_test_queries_are_never_monitored_and_evaluated_once_at_the_end(tmp_path, beir_root):
+    import json
+
+    cb = RetrievalEvalCallback(beir_root, every_n_steps=2, at_start=True, heads=["dense", "sparse"],
+                               colbert_exhaustive_max_docs=0, test_fraction=0.5, print_table=False)
+    trainer, _ = run_training(tmp_path, cb)
+    dev, test = cb.datasets_to_evaluate(), cb.test_datasets()
+    for d, t in zip(dev, test):  # a partition of each dataset's 12 queries, both sides used, corpus shared
+        assert set(d.qrels).isdisjoint(t.qrels) and len(d.qrels) + len(t.qrels) == 12 and d.qrels and t.qrels
+        assert d.corpus is t.corpus
+    assert [step for step, _ in cb.history] == [0, 2, 4, 5]  # the monitored evaluations: dev only
+    assert cb.test_results is not None and set(cb.test_results) == {"aa", "bb", "average"}
+    assert "test/aa/dense/ndcg@10" in trainer.callback_metrics and "eval/aa/dense/ndcg@10" in trainer.callback_metrics
+    # the final dev values computed in the same pass as the test values equal a dev-only evaluation
+    final = cb.history[-1][1]
+    again = cb._run(trainer, trainer.lightning_module, dev)
+    assert again["average"]["sparse"] == pytest.approx(final["average"]["sparse"])
+    # files: one history line per evaluation (dev ×4, test ×1) and the per-query values of the last of each
+    lines = [json.loads(line) for line in open(os.path.join(str(tmp_path), "eval_history.jsonl"))]
+    assert [(line["step"], line["prefix"]) for line in lines] == [(0, "eval"), (2, "eval"), (4, "eval"),
+                                                                    (5, "eval"), (5, "test")]
+    per_query = json.load(open(os.path.join(str(tmp_path), "eval_per_query.json")))
+    assert per_query["steps"] == {"eval": 5, "test": 5}
+    test_aa = per_query["values"]["test"]["aa"]["sparse"]["ndcg@10"]
+    assert set(test_aa) == set(test[0].qrels)
+    assert sum(test_aa.values()) / len(test_aa) == pytest.approx(cb.test_results["aa"]["sparse"]["ndcg@10"])
+    # the sparse head's health on each corpus: all-zero vectors and mean non-zero tokens per text
+    sparse = NoisyEncoder(0.0).encode(list(dev[0].corpus.values()))["sparse"]
+    sizes = [sum(1 for w in vec.values() if w > 0) for vec in sparse]
+    assert float(trainer.callback_metrics["eval/aa/sparse/nnz"]) == pytest.approx(sum(sizes) / len(sizes))
+    assert float(trainer.callback_metrics["eval/aa/sparse/zero_frac"]) == pytest.approx(
+        sum(n == 0 for n in sizes) / len(sizes))
+    assert "eval/average/sparse/nnz" in lines[-2]["metrics"]
+
+
+def test_query_split_is_fixed_by_the_query_ids_and_keeps_both_sides(beir_root):
+    from m3lit.eval.beir import load_beir, split_queries
+
+    full = load_beir(os.path.join(beir_root, "aa"))
+    dev, test = split_queries(full, 0.5)
+    assert (dev.split, test.split) == ("test[not held out 0.5]", "test[held out 0.5]")
+    # the held-out set of a query does not depend on the others: a subset splits the same way
+    sub = load_beir(os.path.join(beir_root, "aa"), max_queries=6)
+    sub_dev, sub_test = split_queries(sub, 0.5)
+    assert set(sub_test.qrels) == set(test.qrels) & set(sub.qrels)
+    assert split_queries(full, 0.5, seed=1)[1].qrels != test.qrels  # another seed, another slice
+    tiny = load_beir(os.path.join(beir_root, "aa"), max_queries=2)
+    for fraction in (0.01, 0.99):  # by chance one side would be empty: it gets the query nearest the threshold
+        kept, held = split_queries(tiny, fraction)
+        assert len(kept.qrels) == 1 and len(held.qrels) == 1
+    with pytest.raises(ValueError, match="cannot be split"):
+        split_queries(load_beir(os.path.join(beir_root, "aa"), max_queries=1), 0.5)
+    with pytest.raises(ValueError, match="test_fraction and test_split"):
+        RetrievalEvalCallback(beir_root, test_fraction=0.5, test_split="dev")

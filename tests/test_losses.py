@@ -53,16 +53,78 @@ def test_uniform_and_dense_only_teachers():
                                torch.softmax(scores["dense"], -1))
 
 
-def test_learned_teacher_weights_are_trained():
+def test_learned_teacher_weights_are_trained_keep_their_sum_and_learn_a_temperature():
     teacher = LearnedTeacher()
     assert teacher.weights() == pytest.approx({"dense": 1.0, "sparse": 0.3, "colbert": 1.0}, rel=1e-5)
+    assert teacher.temperature() == pytest.approx(1.0)
     loss = M3Loss(teacher=teacher)
     out = loss({h: v.requires_grad_() for h, v in rows().items()}, POS, G)
     out.loss.backward()
     assert teacher.raw.grad is not None and teacher.raw.grad.abs().sum() > 0
+    assert teacher.raw_temperature.grad is not None and teacher.raw_temperature.grad != 0
     with torch.no_grad():
         teacher.raw -= 10 * teacher.raw.grad
+        teacher.raw_temperature -= 10 * teacher.raw_temperature.grad
     assert teacher.weights() != pytest.approx({"dense": 1.0, "sparse": 0.3, "colbert": 1.0}, rel=1e-3)
+    assert sum(teacher.weights().values()) == pytest.approx(2.3)  # normalised: the mix changes, not the scale
+    assert teacher.temperature() != pytest.approx(1.0)
+    # s_e = Σ_h w_h s_h / t
+    s = {h: v / 0.02 for h, v in rows().items()}
+    w, t = teacher.weights(), teacher.temperature()
+    torch.testing.assert_close(teacher.ensemble(s), sum(w[h] * s[h] for h in s) / t)
+    fixed = LearnedTeacher(learn_temperature=False)
+    assert not fixed.raw_temperature.requires_grad and fixed.temperature() == pytest.approx(1.0)
+
+
+def test_data_scores_are_used_only_by_a_teacher_that_chooses_them():
+    ext_scores = torch.tensor([[3.0, 1.0], [2.5, 0.5], [2.0, 1.5]])
+    for teacher in (WeightedTeacher(), UniformTeacher(), LearnedTeacher()):
+        loss = M3Loss(teacher=teacher)
+        torch.testing.assert_close(loss(rows(), POS, G, teacher_scores=ext_scores).loss, loss(rows(), POS, G).loss)
+    # FlagEmbedding's knowledge_distillation: hard-label terms against the data scores, self targets kept
+    loss = M3Loss(teacher=WeightedTeacher(use_data_scores=True))
+    out = loss(rows(), POS, G, teacher_scores=ext_scores)
+    s = {h: v / 0.02 for h, v in rows().items()}
+    p_ext = torch.softmax(ext_scores, -1)
+    kd = {h: m3_kd_loss(p_ext, v, POS) for h, v in s.items()}
+    s_e = s["dense"] + 0.3 * s["sparse"] + s["colbert"]
+    hard = (kd["dense"] + 0.1 * kd["sparse"] + kd["colbert"] + m3_kd_loss(p_ext, s_e, POS)) / 4
+    torch.testing.assert_close(out.hard, hard)
+    p = torch.softmax(s_e, -1)
+    torch.testing.assert_close(out.distill, sum(w * soft_cross_entropy(p, s[h]) for h, w in
+                                                (("dense", 1), ("sparse", 0.1), ("colbert", 1))) / 3)
+    with pytest.raises(ValueError, match="contradicts"):
+        ExternalTeacher(use_data_scores=False)
+
+
+def test_separate_weights_of_the_hard_and_distillation_terms():
+    base = M3Loss()(rows(), POS, G)
+    out = M3Loss(hard_weight=0.2, distill_weight=1.5, distill_head_weights={"sparse": 1.0})(rows(), POS, G)
+    torch.testing.assert_close(out.hard, base.hard)
+    s = {h: v / 0.02 for h, v in rows().items()}
+    p = torch.softmax(s["dense"] + 0.3 * s["sparse"] + s["colbert"], -1)
+    distill = sum(soft_cross_entropy(p, s[h]) for h in s) / 3  # λ' = 1 / 1 / 1
+    torch.testing.assert_close(out.distill, distill)
+    torch.testing.assert_close(out.loss, 0.2 * base.hard + 1.5 * distill)
+    with pytest.raises(ValueError, match="distill_head_weights"):
+        M3Loss(distill_head_weights={"dens": 1.0})
+
+
+def test_distillation_diagnostics_equal_their_definitions():
+    scores = rows(seed=4)
+    scores["dense"][1, 3] += 1.0    # query 1: dense puts a negative first
+    out = M3Loss()(scores, POS, G)
+    s = {h: v / 0.02 for h, v in scores.items()}
+    p = torch.softmax(s["dense"] + 0.3 * s["sparse"] + s["colbert"], -1)
+    d = out.diagnostics
+    torch.testing.assert_close(d["kd/teacher_entropy"], -(p * p.log()).sum(-1).mean())
+    torch.testing.assert_close(d["kd/teacher_top1"], (p.argmax(-1) == POS).float().mean())
+    for h in s:
+        kl = (p * (p.log() - torch.log_softmax(s[h], -1))).sum(-1).mean()
+        torch.testing.assert_close(d[f"kd/kl_{h}"], kl)
+        torch.testing.assert_close(d[f"kd/agree_{h}"], (s[h].argmax(-1) == p.argmax(-1)).float().mean())
+    assert d["kd/teacher_top1"] < 1.0  # the dense push moved the teacher's top-1 of query 1 off its positive
+    assert M3Loss(self_distill=False)(scores, POS, G).diagnostics == {}
 
 
 def test_external_teacher_targets_come_from_data():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from m3lit import M3Embedder
-from m3lit.loss import M3Loss
+from m3lit.loss import M3Loss, WeightedTeacher
 from m3lit.model.scores import score_matrix
 
 TOL = 1e-5
@@ -71,6 +71,7 @@ def test_training_losses(embedder, reference, case):
     scores = {h: score_matrix(h, qr, pr) for h in model.active_heads}
     group = setup["group_size"]
     teacher = torch.tensor(setup["teacher_scores"]).view(-1, group) if external else None
-    loss = M3Loss(temperature=setup["temperature"], **kwargs)
+    # FlagEmbedding's knowledge_distillation: a teacher that uses the data's scores (the self-distillation targets its own)
+    loss = M3Loss(temperature=setup["temperature"], teacher=WeightedTeacher(use_data_scores=external), **kwargs)
     out = loss(scores, torch.arange(3) * group, group, teacher_scores=teacher, step=0)
     assert float(out.loss) == pytest.approx(reference["train_losses_flagembedding"][case], abs=TOL)

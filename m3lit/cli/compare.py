@@ -30,6 +30,7 @@ from typing import Any, Sequence
 from ..runs import RunRecord, collect_runs, label_name, run_labels
 from ..runs.comparison import (
     CSV_COLUMNS,
+    HEALTH_METRICS,
     Comparison,
     compare,
     csv_rows,
@@ -192,6 +193,11 @@ def build_comparisons(runs: Sequence[RunRecord], labels: Sequence[str], args: ar
                 comparisons.append(compare(group_runs, group_labels, dataset=dataset, metrics=metrics,
                                            prefix=prefix, label_name=name, baseline=baseline, alpha=args.alpha,
                                            samples=args.samples, setup=setup))
+        health = [m for m in HEALTH_METRICS if any(k == f"{report}/average/sparse/{m}" for r in group_runs
+                                                   for k in r.metrics)]
+        if health and metrics is None:  # the sparse head's health: all-zero vectors, non-zeros per text
+            comparisons.append(compare(group_runs, group_labels, metrics=health, prefix=report, label_name=name,
+                                       baseline=baseline, alpha=args.alpha, samples=args.samples, setup=setup))
         out.append((setup, comparisons))
     return out
 

@@ -219,21 +219,27 @@ def load_beir(folder: str, split: str = "test", name: str | None = None, use_tit
                        path=folder, split=split, stats=stats)
 
 
-def in_query_slice(query_id: str, fraction: float, seed: int = 0) -> bool:
-    """Whether a query belongs to the held-out slice: sha256("<seed>:<query id>") read as a number in [0, 1)
-    is below ``fraction`` — the same queries on every machine and run, independent of order and of the others."""
+def query_hash(query_id: str, seed: int = 0) -> float:
+    """sha256("<seed>:<query id>") read as a number in [0, 1): the same on every machine and run."""
     digest = hashlib.sha256(f"{seed}:{query_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
+    return int.from_bytes(digest[:8], "big") / 2 ** 64
 
 
 def split_queries(dataset: BeirDataset, fraction: float, seed: int = 0) -> tuple[BeirDataset, BeirDataset]:
-    """(kept, held out): the dataset's queries split by :func:`in_query_slice`; the corpus is shared."""
+    """(kept, held out): a query is held out when its :func:`query_hash` is below ``fraction`` — independent of
+    the order and of the other queries. A side left empty by chance (a handful of queries) gets the one query
+    nearest the threshold; the corpus is shared."""
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"query split fraction={fraction}: expected a value between 0 and 1 (exclusive)")
-    held = {q for q in dataset.qrels if in_query_slice(q, fraction, seed)}
-    if not held or len(held) == len(dataset.qrels):
-        raise ValueError(f"{dataset.path or dataset.name}: splitting its {len(dataset.qrels)} queries with "
-                         f"fraction={fraction} leaves one side empty; use more queries or another fraction")
+    if len(dataset.qrels) < 2:
+        raise ValueError(f"{dataset.path or dataset.name}: {len(dataset.qrels)} judged query cannot be split into "
+                         "dev and test queries")
+    scores = {q: query_hash(q, seed) for q in dataset.qrels}
+    held = {q for q, h in scores.items() if h < fraction}
+    if not held:
+        held = {min(scores, key=scores.get)}
+    elif len(held) == len(scores):
+        held.discard(max(scores, key=scores.get))
 
     def part(ids: set[str], split: str) -> BeirDataset:
         qrels = {q: j for q, j in dataset.qrels.items() if q in ids}

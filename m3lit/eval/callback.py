@@ -40,22 +40,35 @@ from ..runs.record import EVAL_HISTORY_FILE, PER_QUERY_FILE
 from .beir import BeirDataset, split_queries
 from .evaluator import RetrievalSettings, as_datasets, evaluate_beir
 from .hybrid import hybrids_from_names
-from .tables import AVERAGE_KEY, INFO_KEYS, PER_QUERY_KEY, average_results, format_results
+from .tables import AVERAGE_KEY, INFO_KEYS, PER_QUERY_KEY, STATS_KEY, average_results, format_results
 
 log = logging.getLogger(__name__)
 
 PER_QUERY_FORMAT = 1
 
 
+SPARSE_HEALTH = {"sparse_zero_frac": "sparse/zero_frac", "sparse_nnz": "sparse/nnz"}
+
+
 def flatten_results(results: Mapping[str, Mapping], prefix: str) -> dict[str, float]:
-    """{prefix/dataset/mode/metric: value} (stats left out)."""
+    """{prefix/dataset/mode/metric: value} (stats left out), plus the sparse head's health on each corpus and
+    their average: ``prefix/<dataset>/sparse/zero_frac`` (texts with an all-zero sparse vector) and ``…/nnz``
+    (mean non-zero tokens per text)."""
     out = {}
+    health: dict[str, list[float]] = {}
     for name, per in results.items():
         for mode, metrics in per.items():
             if mode in INFO_KEYS:
                 continue
             for metric, value in metrics.items():
                 out[f"{prefix}/{name}/{mode}/{metric}"] = float(value)
+        stats = per.get(STATS_KEY) or {} if name != AVERAGE_KEY else {}
+        for key, suffix in SPARSE_HEALTH.items():
+            if key in stats:
+                out[f"{prefix}/{name}/{suffix}"] = float(stats[key])
+                health.setdefault(suffix, []).append(float(stats[key]))
+    for suffix, values in health.items():
+        out[f"{prefix}/{AVERAGE_KEY}/{suffix}"] = sum(values) / len(values)
     return out
 
 

@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from ..inference.mcls import MCLS_INTERVAL
 from ..model.defaults import HEADS
 from .beir import BeirDataset, load_beir_datasets
@@ -200,10 +202,20 @@ def search_dataset(dataset: BeirDataset, queries: EncodedTexts, docs: EncodedTex
         "truncated_passages": docs.truncated, "truncated_queries": queries.truncated,
         "passage_tokens": docs.tokens, "query_tokens": queries.tokens,
         "colbert_search": "exhaustive" if exhaustive else f"rerank_dense@{settings.colbert_rerank_depth}",
+        **sparse_health(docs),
         "encode_corpus_s": round(docs.seconds, 3), "encode_queries_s": round(queries.seconds, 3),
         **timings,
     }
     return out
+
+
+def sparse_health(docs: EncodedTexts) -> dict[str, float]:
+    """The corpus's sparse vectors: ``sparse_zero_frac`` (share of texts with no non-zero weight — a collapsed
+    lexical head) and ``sparse_nnz`` (mean non-zero tokens per text); {} without sparse vectors."""
+    if docs.sparse is None or docs.sparse.shape[0] == 0:
+        return {}
+    sizes = np.asarray((docs.sparse > 0).sum(axis=1)).ravel()
+    return {"sparse_zero_frac": float(np.mean(sizes == 0)), "sparse_nnz": float(np.mean(sizes))}
 
 
 def evaluate_dataset(encoder: Any, dataset: BeirDataset, settings: RetrievalSettings,

@@ -2,11 +2,19 @@
 
 With temperature τ and s_h = score_h / τ for the active heads h ∈ {dense, sparse, colbert}:
     hard-label   L  = (Σ_h λ_h L_h + L_e) / (n_heads + 1)        (one head: L = L_h)
-    distillation L' = Σ_h λ_h CE(p, s_h) / n_heads,  p = teacher targets (detached)
-    final        (L + L') / 2 from step ``self_distill_start_step`` on, L before.
-L_h is InfoNCE over the candidate row, or, when the batch carries external teacher scores and ``kd_loss_type``
-is set, FlagEmbedding's ``m3_kd_loss`` / ``kl_div`` against softmax(teacher_scores / external_temperature).
-Defaults (λ = 1 / 0.1 / 1, w = 1 / 0.3 / 1, τ = 0.02) reproduce FlagEmbedding's BGE-M3 fine-tuning loss.
+    distillation L' = Σ_h λ'_h CE(p, s_h) / n_heads,  p = teacher targets (detached)
+    final        α L + β L' from step ``self_distill_start_step`` on, L before   (α = ``hard_weight``,
+                 β = ``distill_weight``, both 0.5; λ' = ``distill_head_weights``, default λ)
+L_h is InfoNCE over the candidate row, or, when the teacher uses the data's teacher scores
+(``teacher.uses_external``), the batch carries them and ``kd_loss_type`` is set, FlagEmbedding's ``m3_kd_loss`` /
+``kl_div`` against softmax(teacher_scores / external_temperature). A teacher that does not use data scores
+ignores them. Defaults (λ = 1 / 0.1 / 1, w = 1 / 0.3 / 1, τ = 0.02) reproduce FlagEmbedding's BGE-M3 fine-tuning
+loss (its ``knowledge_distillation`` = a teacher with ``use_data_scores=true``).
+
+Diagnostics (``LossOutput.diagnostics``, no gradient) whenever L' is computed, for each head h:
+``kd/kl_<h>`` = mean KL(p ‖ softmax(s_h)), ``kd/agree_<h>`` = share of queries whose top-1 candidate under s_h is
+the teacher's; ``kd/teacher_entropy`` = mean −Σ p log p; ``kd/teacher_top1`` = share of queries whose teacher
+top-1 is the labelled positive.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ class LossOutput:
     head_losses: dict[str, torch.Tensor] = field(default_factory=dict)  # dense/sparse/colbert/ensemble
     hard: torch.Tensor | None = None
     distill: torch.Tensor | None = None
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)   # kd/* (see the module docstring)
 
     def scalars(self) -> dict[str, float]:
         out = {f"loss/{k}": float(v.detach()) for k, v in self.head_losses.items()}
@@ -48,15 +57,22 @@ class M3Loss(nn.Module):
         self_distill_start_step: int = 0,
         kd_loss_type: str | None = "m3_kd_loss",
         external_temperature: float = 1.0,
+        hard_weight: float = 0.5,
+        distill_weight: float = 0.5,
+        distill_head_weights: Mapping[str, float] | None = None,
     ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"loss.temperature must be > 0, got {temperature}")
         if kd_loss_type is not None and kd_loss_type not in KD_LOSSES:
             raise ValueError(f"loss.kd_loss_type={kd_loss_type!r}: expected one of {sorted(KD_LOSSES)} or null")
-        unknown = set(head_weights or {}) - set(LOSS_WEIGHTS)
-        if unknown:
-            raise ValueError(f"loss.head_weights: unknown head(s) {sorted(unknown)}")
+        for name, given in (("head_weights", head_weights), ("distill_head_weights", distill_head_weights)):
+            unknown = set(given or {}) - set(LOSS_WEIGHTS)
+            if unknown:
+                raise ValueError(f"loss.{name}: unknown head(s) {sorted(unknown)}")
+        for name, value in (("hard_weight", hard_weight), ("distill_weight", distill_weight)):
+            if value < 0:
+                raise ValueError(f"loss.{name} must be ≥ 0, got {value}")
         self.teacher = teacher if teacher is not None else WeightedTeacher()
         self.temperature = temperature
         self.head_weights = {**LOSS_WEIGHTS, **{k: float(v) for k, v in (head_weights or {}).items()}}
@@ -64,6 +80,9 @@ class M3Loss(nn.Module):
         self.self_distill_start_step = self_distill_start_step
         self.kd_loss_type = kd_loss_type
         self.external_temperature = external_temperature
+        self.hard_weight, self.distill_weight = float(hard_weight), float(distill_weight)
+        self.distill_head_weights = {**self.head_weights,
+                                     **{k: float(v) for k, v in (distill_head_weights or {}).items()}}
 
     def distill_active(self, step: int, n_heads: int) -> bool:
         if not self.self_distill or step < self.self_distill_start_step:
@@ -84,7 +103,7 @@ class M3Loss(nn.Module):
         scaled = {h: s.float() / self.temperature for h, s in scores.items()}
         heads = list(scaled)
         external = None
-        if teacher_scores is not None:
+        if teacher_scores is not None and self.teacher.uses_external:
             external = torch.softmax(teacher_scores.float().detach() / self.external_temperature, dim=-1)
 
         def hard(row: torch.Tensor) -> torch.Tensor:
@@ -103,9 +122,23 @@ class M3Loss(nn.Module):
 
         if not self.distill_active(step, len(heads)):
             return LossOutput(loss=hard_loss, head_losses=head_losses, hard=hard_loss)
-        external_row = None
-        if external is not None and self.teacher.uses_external:
-            external_row = group_to_row(external, pos_index, ensemble.shape[1])
+        external_row = None if external is None else group_to_row(external, pos_index, ensemble.shape[1])
         targets = self.teacher.targets(ensemble, external_row).detach()
-        distill = sum(self.head_weights[h] * soft_cross_entropy(targets, scaled[h]) for h in heads) / len(heads)
-        return LossOutput(loss=(hard_loss + distill) / 2, head_losses=head_losses, hard=hard_loss, distill=distill)
+        distill = sum(self.distill_head_weights[h] * soft_cross_entropy(targets, scaled[h]) for h in heads) / len(heads)
+        return LossOutput(loss=self.hard_weight * hard_loss + self.distill_weight * distill, head_losses=head_losses,
+                          hard=hard_loss, distill=distill, diagnostics=kd_diagnostics(targets, scaled, pos_index))
+
+
+@torch.no_grad()
+def kd_diagnostics(targets: torch.Tensor, scaled: Mapping[str, torch.Tensor], pos_index: torch.Tensor,
+                   ) -> dict[str, torch.Tensor]:
+    """What the teacher does (module docstring): KL and top-1 agreement per head, teacher entropy and accuracy."""
+    log_targets = torch.log(targets.clamp_min(1e-30))
+    teacher_top = targets.argmax(dim=-1)
+    out = {"kd/teacher_entropy": -(targets * log_targets).sum(-1).mean(),
+           "kd/teacher_top1": (teacher_top == pos_index).float().mean()}
+    for head, row in scaled.items():
+        log_p = torch.log_softmax(row.detach(), dim=-1)
+        out[f"kd/kl_{head}"] = (targets * (log_targets - log_p)).sum(-1).mean()
+        out[f"kd/agree_{head}"] = (row.argmax(dim=-1) == teacher_top).float().mean()
+    return out

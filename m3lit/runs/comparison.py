@@ -9,6 +9,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -17,6 +18,8 @@ from .record import RunRecord
 from .significance import MARKS, holm, paired_differences, paired_randomization_test, t_interval, verdict
 
 HEAD_ORDER = ("dense", "sparse", "colbert", "dense+sparse", "all")
+HEALTH_METRICS = ("zero_frac", "nnz")   # the sparse head's health on each corpus (evaluation callback)
+_RANKING = re.compile(r"^(ndcg|recall|mrr|map|precision)@\d+$")
 METRIC_ORDER = ("ndcg", "recall", "mrr", "map", "precision")
 
 
@@ -159,13 +162,15 @@ def compare(runs: Sequence[RunRecord], labels: Sequence[str], dataset: str = "av
         known = sorted(datasets) or ["none"]
         raise ValueError(f"no {prefix}/{dataset}/<mode>/<metric> values in the runs (datasets found: "
                          f"{', '.join(known)})")
-    modes = [m for m in HEAD_ORDER if m in found_modes] + [m for m in found_modes if m not in HEAD_ORDER]
-    if metrics is None:
-        metrics = sorted(found_metrics, key=_metric_key)
+    if metrics is None:  # the ranking metrics (ndcg@10, …); health values such as sparse/nnz only when asked
+        metrics = sorted((m for m in found_metrics if _RANKING.match(m)), key=_metric_key) or \
+            sorted(found_metrics, key=_metric_key)
     else:
         missing = [m for m in metrics if m not in found_metrics]
         if missing:
             raise ValueError(f"metric(s) {missing} not logged; found {list(found_metrics)}")
+    present = {mode for per in samples_by.values() for m in metrics for mode in per.get(m, {})}
+    modes = [m for m in HEAD_ORDER if m in present] + [m for m in found_modes if m in present and m not in HEAD_ORDER]
     means = {lb: {m: {mode: sum(v) / len(v) for mode, v in per.items()} for m, per in d.items()}
              for lb, d in samples_by.items()}
     stds = {lb: {m: {mode: _std(v) for mode, v in per.items()} for m, per in d.items()}

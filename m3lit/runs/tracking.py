@@ -6,7 +6,7 @@
 - every optimizer step: ``train/grad_norm``, the 2-norm of all gradients before clipping, a tensor (no device
   sync; Lightning sends it to the loggers every ``log_every_n_steps``; under FSDP sharding the LightningModule logs
   it while clipping);
-- every ``log_every_n_steps`` optimizer steps: the ``teacher/*`` and ``train/loss*`` values as one line of
+- every ``log_every_n_steps`` optimizer steps: the ``teacher/*``, ``kd/*`` and ``train/loss*`` values as one line of
   ``train_history.jsonl`` in the output dir (``{"step", "metrics"}``; the teacher-weight curves of ``m3lit-compare``);
 - at the end of fit (also after a failure): ``m3lit_run.json`` in the output dir (``m3lit.runs.record``) with the
   final ``eval/*``, ``test/*``, ``teacher/*``, ``train/*``, ``batch/*`` and ``perf/*`` values — what ``m3lit-compare`` reads;
@@ -32,8 +32,8 @@ from .record import write_summary as write_summary_file
 log = logging.getLogger(__name__)
 
 RESOLVED_CONFIG_FILE = "config_resolved.yaml"
-HISTORY_PREFIXES = ("teacher/", "train/loss")
-SUMMARY_PREFIXES = ("eval/", "test/", "teacher/", "train/", "batch/", "perf/")
+HISTORY_PREFIXES = ("teacher/", "kd/", "train/loss")
+SUMMARY_PREFIXES = ("eval/", "test/", "teacher/", "kd/", "train/", "batch/", "perf/")
 
 
 def hydra_info() -> dict[str, Any]:

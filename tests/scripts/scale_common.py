@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:  # scripts run as files, from any directory
     sys.path.insert(0, str(ROOT))
 
 from m3lit.inference.embedder import load_tokenizer
-from m3lit.loss import LearnedTeacher, M3Loss
+from m3lit.loss import LearnedTeacher, M3Loss, WeightedTeacher
 from m3lit.model import build_m3_model
 from m3lit.module import M3LightningModule
 
@@ -20,10 +20,10 @@ TINY_M3 = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_m3")
 
 
 def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = True, heads=None, hidden: int = 16,
-                layers: int = 2, attn: str = "sdpa", model_type: str = "xlm-roberta",
+                layers: int = 2, attn: str = "sdpa", model_type: str = "xlm-roberta", use_data_scores: bool = True,
                 **train_step) -> M3LightningModule:
     """A 2-layer, hidden-16 M3 module (all heads, self-distillation, learned teacher weights by default when there
-    are two heads or more)."""
+    are two heads or more; the teacher uses batches' teacher scores)."""
     tok = load_tokenizer(TINY_M3)
     torch.manual_seed(seed)
     cfg = dict(model_type=model_type, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
@@ -32,7 +32,9 @@ def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = Tru
     model = build_m3_model(tok, encoder_config=cfg, attn_implementation=attn,
                            heads=None if heads is None else {h: h in heads for h in ("dense", "sparse", "colbert")})
     learned = learned_teacher and (heads is None or len(heads) > 1)  # one head: nothing to weigh
-    loss = M3Loss(teacher=LearnedTeacher() if learned else None, self_distill=True)
+    teacher = LearnedTeacher(use_data_scores=use_data_scores) if learned else WeightedTeacher(
+        use_data_scores=use_data_scores)
+    loss = M3Loss(teacher=teacher, self_distill=True)
     return M3LightningModule(model, loss, tok, **train_step)
 
 
