@@ -12,6 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from .inference.embedder import M3Embedder
 from .loss import LossOutput, M3Loss
+from .loss.ema_model import EmaModel
 from .model import M3Model, M3Reps
 from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import score_candidates
@@ -70,6 +71,8 @@ class M3LightningModule(L.LightningModule):
         self._drop_update = False
         self._pending_rng: dict[str, Any] | None = None
         check_teacher_heads(loss, model.active_heads)
+        ema = loss.teacher.ema_settings()
+        self.ema = EmaModel(model, ema) if ema is not None else None  # teacher=ema / mix with an ema source
 
     @property
     def skipped_steps(self) -> int:
@@ -105,8 +108,22 @@ class M3LightningModule(L.LightningModule):
         if p.input_ids.shape[0] % q.input_ids.shape[0]:
             raise ValueError(f"batch has {q.input_ids.shape[0]} queries but {p.input_ids.shape[0]} passages: "
                              "expected a whole number of passages per query")
-        scores, pos_index, group_size = self.compute_scores(q, p, bool(batch.get("no_in_batch_neg", False)))
-        return self.loss_fn(scores, pos_index, group_size, batch.get("teacher_scores"), step=self.global_step)
+        no_in_batch_neg = bool(batch.get("no_in_batch_neg", False))
+        scores, pos_index, group_size = self.compute_scores(q, p, no_in_batch_neg)
+        sources = {}
+        if self.ema is not None and self.ema.active(self.global_step):
+            sources["ema"] = self.ema_scores(batch, no_in_batch_neg)
+        return self.loss_fn(scores, pos_index, group_size, batch.get("teacher_scores"), step=self.global_step,
+                            sources=sources)
+
+    @torch.no_grad()
+    def ema_scores(self, batch: Mapping[str, Any], no_in_batch_neg: bool) -> dict[str, torch.Tensor]:
+        """The momentum copy's (B, N) scores per head on the same batch and candidates (no gradient)."""
+        options = self.train_step_options.encoding
+        q = encode_batch(self.ema.copy, batch["queries"]["input_ids"], batch["queries"]["attention_mask"], options)
+        p = encode_batch(self.ema.copy, batch["passages"]["input_ids"], batch["passages"]["attention_mask"], options)
+        return score_candidates(q, p, self.model.active_heads, self.train_step_options.cross_device,
+                                no_in_batch_neg)[0]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.forward_loss(batch)
@@ -161,6 +178,11 @@ class M3LightningModule(L.LightningModule):
         """Train mode for every submodule, whatever loaded the model (``from_pretrained`` returns eval mode and
         Lightning keeps the modes it finds): dropout is on as in the encoder's config."""
         self.train()
+        if self.ema is not None:
+            s = self.ema.settings
+            self.print(f"teacher EMA copy: {self.ema.memory_bytes() / 2 ** 20:.1f} MiB more weights on this rank (the "
+                       f"model's, once more; no gradients or optimizer state); decay {s.decay}, targets from step "
+                       f"{s.start_step}, updated every {s.update_every} step(s)")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._pending_rng is not None:  # first step after a resume: the RNGs as the interrupted run left them
@@ -179,7 +201,8 @@ class M3LightningModule(L.LightningModule):
         return {"encoder": encoder, "heads": list(self.model.active_heads),
                 "colbert_dim": int(self.model.colbert_head.linear.out_features),
                 "pooling": self.model.head_config.pooling,
-                "learned_teacher_weights": any(p.requires_grad for p in self.loss_fn.parameters())}
+                "learned_teacher_weights": any(p.requires_grad for p in self.loss_fn.parameters()),
+                "ema_teacher": self.ema is not None}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adds every rank's RNG states, the model signature and the skip counters (a collective: all ranks)."""
@@ -215,6 +238,12 @@ class M3LightningModule(L.LightningModule):
             self.log("perf/tokens_per_s", real / elapsed, batch_size=batch_size)
         self._step_tokens = None
 
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then the EMA copy's update — before any callback (a checkpoint) sees the step."""
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update(self.model, self.trainer.global_step)
+
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._drop_update:  # a (micro-)batch of this step had a non-finite loss: no update at all
             self._drop_update = False
@@ -231,6 +260,8 @@ class M3LightningModule(L.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, ModelParallelStrategy):
             shard_for_strategy(self.model, strategy, self.trainer.precision, self.device_mesh)
+            if self.ema is not None:
+                shard_for_strategy(self.ema.copy, strategy, self.trainer.precision, self.device_mesh)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:

@@ -22,7 +22,7 @@ def test_ranks_pad_to_their_own_length(results):
     assert results["lengths"] == [20, 11]
 
 
-@pytest.mark.parametrize("case", ["all", "mixed", "lightning"])
+@pytest.mark.parametrize("case", ["all", "mixed", "lightning", "ema"])
 def test_loss_and_every_gradient_equal_one_process(results, case):
     r = results[case]
     assert r["loss"] == pytest.approx(r["ref_loss"], abs=TOL)
@@ -31,6 +31,8 @@ def test_loss_and_every_gradient_equal_one_process(results, case):
 
 def test_every_parameter_is_compared(results):
     assert results["all"]["n_params"] == results["mixed"]["n_params"] > 40  # encoder, heads, teacher weights
+    # the EMA copy has no gradients; the learned teacher's weights and temperature (2 tensors) are not there
+    assert results["ema"]["n_params"] == results["all"]["n_params"] - 2
 
 
 def test_gather_without_gradient_gets_the_gradients_wrong(results):
@@ -42,3 +44,7 @@ def test_gather_without_gradient_gets_the_gradients_wrong(results):
 def test_nonfinite_skip_is_agreed_by_all_ranks(results):
     # rank 1 alone had a NaN loss; both ranks skipped the step and left their weights untouched
     assert results["ddp_skip"] == [{"skipped": 1, "unchanged": True}] * 2
+
+
+def test_learned_teacher_with_one_head_trains_under_ddp(results):
+    assert results["learned_one_head"] == [{"steps": 1, "teacher_frozen": True, "encoder_trained": True}] * 2

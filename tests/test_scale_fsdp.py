@@ -52,3 +52,9 @@ def test_nonfinite_skip_under_fsdp(results):
     assert results["skip_per_rank"] == [1, 1]  # NaN on rank 1 only; both ranks skip
     assert results["skip_step_change"] == 0.0
     assert results["after_skip_step_change"] > 1e-4
+
+
+def test_ema_teacher_copy_is_sharded_scores_through_fsdp_and_follows_its_formula(results):
+    assert results["ema_sharded"] == results["ema_params"] == results["n_params"]
+    assert results["ema_first_step_grad_diff_vs_one_process"] < 1e-5
+    assert results["ema_vs_formula"] < 1e-6

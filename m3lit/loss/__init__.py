@@ -2,8 +2,18 @@
 from .distill import KD_LOSSES, kl_div_kd_loss, m3_kd_loss, soft_cross_entropy
 from .infonce import group_scores, group_to_row, infonce
 from .m3_loss import LossOutput, M3Loss
-from .teacher import ExternalTeacher, LearnedTeacher, MixedTeacher, TeacherAggregator, UniformTeacher, WeightedTeacher
+from .teacher import (
+    EmaSettings,
+    EmaTeacher,
+    ExternalTeacher,
+    LearnedTeacher,
+    MixedTeacher,
+    MixTeacher,
+    TeacherAggregator,
+    UniformTeacher,
+    WeightedTeacher,
+)
 
 __all__ = ["KD_LOSSES", "kl_div_kd_loss", "m3_kd_loss", "soft_cross_entropy", "group_scores", "group_to_row",
-           "infonce", "LossOutput", "M3Loss", "ExternalTeacher", "LearnedTeacher", "MixedTeacher",
+           "infonce", "LossOutput", "M3Loss", "EmaSettings", "EmaTeacher", "ExternalTeacher", "MixTeacher", "LearnedTeacher", "MixedTeacher",
            "TeacherAggregator", "UniformTeacher", "WeightedTeacher"]

@@ -97,9 +97,11 @@ class M3Loss(nn.Module):
         group_size: int,
         teacher_scores: torch.Tensor | None = None,
         step: int = 0,
+        sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
     ) -> LossOutput:
         """scores: head -> (B, N) raw scores; pos_index (B,) column of each query's positive (its group follows);
-        teacher_scores: (B, G) external scores or None."""
+        teacher_scores: (B, G) external scores or None; sources: other scorers' raw (B, N) scores per head, by name
+        (``"ema"``), for the teacher's targets (no gradient)."""
         scaled = {h: s.float() / self.temperature for h, s in scores.items()}
         heads = list(scaled)
         external = None
@@ -123,7 +125,9 @@ class M3Loss(nn.Module):
         if not self.distill_active(step, len(heads)):
             return LossOutput(loss=hard_loss, head_losses=head_losses, hard=hard_loss)
         external_row = None if external is None else group_to_row(external, pos_index, ensemble.shape[1])
-        targets = self.teacher.targets(ensemble, external_row).detach()
+        scaled_sources = {name: {h: s.detach().float() / self.temperature for h, s in per.items() if h in scaled}
+                          for name, per in (sources or {}).items()}
+        targets = self.teacher.targets(ensemble, external_row, scaled_sources).detach()
         distill = sum(self.distill_head_weights[h] * soft_cross_entropy(targets, scaled[h]) for h in heads) / len(heads)
         return LossOutput(loss=self.hard_weight * hard_loss + self.distill_weight * distill, head_losses=head_losses,
                           hard=hard_loss, distill=distill, diagnostics=kd_diagnostics(targets, scaled, pos_index))

@@ -2,7 +2,9 @@
 
 Every aggregator exposes
 - ``ensemble(scores) -> s_e`` (B, N), with gradient; it feeds the ensemble's hard-label loss L_e;
-- ``targets(s_e, external) -> p`` (B, N), detached probabilities for the self-distillation loss L';
+- ``targets(s_e, external, sources) -> p`` (B, N), detached probabilities for the self-distillation loss L';
+  ``sources`` holds the temperature-scaled (B, N) score rows of other scorers of the same batch, by name
+  (``"ema"``: the momentum copy's heads), for the teachers that name them in ``sources_needed``;
 - ``weights() -> {head: w}`` and ``temperature() -> float | None`` for logging;
 - ``uses_external``: whether the data's teacher scores (``pos_scores`` / ``neg_scores``) are used at all — an
   explicit choice of the teacher (``use_data_scores``; always for ``external`` and ``mixed``); a teacher that does
@@ -13,6 +15,7 @@ teacher's distribution placed on the row (zeros outside each query's group) or `
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Mapping
 
 import torch
@@ -52,6 +55,15 @@ class TeacherAggregator(nn.Module):
         """The ensemble's own temperature when it has one (learned), else None."""
         return None
 
+    @property
+    def sources_needed(self) -> tuple[str, ...]:
+        """Other scorers of the batch this teacher's targets come from (``"ema"``); () for the plain ensemble."""
+        return ()
+
+    def ema_settings(self) -> "EmaSettings | None":
+        """How the momentum copy is kept, for teachers that use one."""
+        return None
+
     def ensemble(self, scores: Mapping[str, torch.Tensor]) -> torch.Tensor:
         heads = list(scores)
         total = self.weight_tensor(heads[0], scores[heads[0]]) * scores[heads[0]]
@@ -62,7 +74,8 @@ class TeacherAggregator(nn.Module):
     def self_targets(self, ensemble: torch.Tensor) -> torch.Tensor:
         return torch.softmax(ensemble.detach(), dim=-1)
 
-    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
+    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None,
+                sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> torch.Tensor:
         return self.self_targets(ensemble)
 
 
@@ -117,7 +130,8 @@ class ExternalTeacher(TeacherAggregator):
             raise ValueError("teacher=external is the data's teacher scores: use_data_scores=false contradicts it")
         super().__init__(weights, True)
 
-    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
+    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None,
+                sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> torch.Tensor:
         if external is None:
             raise ValueError("teacher=external needs teacher scores in the data (pos_scores/neg_scores on every line "
                              "of the batch's dataset); use teacher=mixed to fall back to the self teacher")
@@ -135,6 +149,109 @@ class MixedTeacher(TeacherAggregator):
             raise ValueError(f"teacher.alpha must be in [0, 1], got {alpha}")
         self.alpha = alpha
 
-    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None) -> torch.Tensor:
+    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None,
+                sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> torch.Tensor:
         own = self.self_targets(ensemble)
         return own if external is None else self.alpha * external + (1.0 - self.alpha) * own
+
+
+@dataclass(frozen=True)
+class EmaSettings:
+    """A momentum (EMA) copy θ' of the model: every ``update_every`` optimizer steps θ' ← d·θ' + (1 − d)·θ with
+    d = ``decay``; before ``start_step`` θ' follows θ exactly (d = 0) and the targets are the current ensemble's."""
+
+    decay: float = 0.999
+    start_step: int = 0
+    update_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"teacher EMA decay={self.decay}: expected 0 ≤ decay < 1")
+        if self.start_step < 0 or self.update_every < 1:
+            raise ValueError(f"teacher EMA start_step={self.start_step}, update_every={self.update_every}: expected "
+                             "start_step ≥ 0 and update_every ≥ 1")
+
+
+class EmaTeacher(TeacherAggregator):
+    """p = softmax(Σ_h w_h s'_h): the ensemble (these ``weights``) of a momentum copy's heads scoring the same batch
+    without gradient (``EmaSettings``: ``decay``, ``start_step``, ``update_every``). Before ``start_step``: the
+    current model's ensemble, as ``weighted``."""
+
+    def __init__(self, weights: Mapping[str, float] | None = None, decay: float = 0.999, start_step: int = 0,
+                 update_every: int = 1, use_data_scores: bool = False):
+        super().__init__(weights, use_data_scores)
+        self._ema = EmaSettings(float(decay), int(start_step), int(update_every))
+
+    @property
+    def sources_needed(self) -> tuple[str, ...]:
+        return ("ema",)
+
+    def ema_settings(self) -> EmaSettings:
+        return self._ema
+
+    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None,
+                sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        if sources and "ema" in sources:
+            return torch.softmax(self.ensemble(sources["ema"]).detach(), dim=-1)
+        return self.self_targets(ensemble)
+
+
+MIX_SOURCES = ("ensemble", "ema", "external")
+
+
+class MixTeacher(TeacherAggregator):
+    """p = Σ_s a_s softmax(s_e^(s) / T_s) / Σ_s a_s over the sources a batch has: ``ensemble`` (the current model's
+    heads), ``ema`` (a momentum copy's heads, ``ema`` settings as ``EmaTeacher``'s), ``external`` (the data's teacher
+    distribution, at ``loss.external_temperature``; batches without teacher scores leave it out). s_e^(s) combines a
+    source's heads with these ``weights``; ``temperatures`` T_s default 1."""
+
+    def __init__(self, sources: Mapping[str, float], temperatures: Mapping[str, float] | None = None,
+                 weights: Mapping[str, float] | None = None, ema: Mapping[str, float] | None = None,
+                 use_data_scores: bool | None = None):
+        unknown = set(sources) - set(MIX_SOURCES)
+        if unknown or not sources:
+            raise ValueError(f"teacher.sources={dict(sources)}: expected weights of {list(MIX_SOURCES)}")
+        if any(float(a) < 0 for a in sources.values()) or not any(float(a) > 0 for a in sources.values()):
+            raise ValueError(f"teacher.sources={dict(sources)}: weights must be ≥ 0, one of them > 0")
+        temperatures = {k: float(v) for k, v in (temperatures or {}).items()}
+        if set(temperatures) - set(sources) or "external" in temperatures:
+            raise ValueError(f"teacher.temperatures={temperatures}: only for the ensemble and ema sources given "
+                             "(the external distribution's is loss.external_temperature)")
+        if any(t <= 0 for t in temperatures.values()):
+            raise ValueError(f"teacher.temperatures={temperatures}: must be > 0")
+        uses_external = float(sources.get("external", 0.0)) > 0
+        if use_data_scores is not None and bool(use_data_scores) != uses_external:
+            raise ValueError(f"teacher.use_data_scores={use_data_scores} contradicts teacher.sources (the data's "
+                             f"scores are {'' if uses_external else 'not '}a source)")
+        super().__init__(weights, uses_external)
+        self.mix = {k: float(v) for k, v in sources.items() if float(v) > 0}  # weight 0: the source is dropped
+        self.mix_temperatures = {k: temperatures.get(k, 1.0) for k in sources if k != "external"}
+        self._ema = EmaSettings(**{k: (float(v) if k == "decay" else int(v)) for k, v in (ema or {}).items()}) \
+            if "ema" in self.mix else None
+
+    @property
+    def sources_needed(self) -> tuple[str, ...]:
+        return ("ema",) if "ema" in self.mix else ()
+
+    def ema_settings(self) -> EmaSettings | None:
+        return self._ema
+
+    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None,
+                sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        parts: list[tuple[float, torch.Tensor]] = []
+        for name, share in self.mix.items():
+            if name == "ensemble":
+                parts.append((share, torch.softmax(ensemble.detach() / self.mix_temperatures[name], dim=-1)))
+            elif name == "ema":
+                scores = (sources or {}).get("ema")
+                if scores is not None:  # before the EMA's start_step the current ensemble stands in
+                    row = self.ensemble(scores).detach()
+                else:
+                    row = ensemble.detach()
+                parts.append((share, torch.softmax(row / self.mix_temperatures[name], dim=-1)))
+            elif external is not None:
+                parts.append((share, external))
+        total = sum(share for share, _ in parts)
+        if total <= 0:
+            raise ValueError(f"teacher.sources={self.mix}: no source with weight > 0 in this batch")
+        return sum(share * p for share, p in parts) / total

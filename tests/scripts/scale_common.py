@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:  # scripts run as files, from any directory
     sys.path.insert(0, str(ROOT))
 
 from m3lit.inference.embedder import load_tokenizer
-from m3lit.loss import LearnedTeacher, M3Loss, WeightedTeacher
+from m3lit.loss import EmaTeacher, LearnedTeacher, M3Loss, WeightedTeacher
 from m3lit.model import build_m3_model
 from m3lit.module import M3LightningModule
 
@@ -21,9 +21,10 @@ TINY_M3 = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_m3")
 
 def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = True, heads=None, hidden: int = 16,
                 layers: int = 2, attn: str = "sdpa", model_type: str = "xlm-roberta", use_data_scores: bool = True,
-                **train_step) -> M3LightningModule:
+                ema: bool = False, **train_step) -> M3LightningModule:
     """A 2-layer, hidden-16 M3 module (all heads, self-distillation, learned teacher weights by default when there
-    are two heads or more; the teacher uses batches' teacher scores)."""
+    are two heads or more; the teacher uses batches' teacher scores). ``ema``: teacher=ema (decay 0.5) whose copy is
+    moved off the model by seeded noise, so that its targets differ from the model's own ensemble."""
     tok = load_tokenizer(TINY_M3)
     torch.manual_seed(seed)
     cfg = dict(model_type=model_type, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
@@ -34,8 +35,16 @@ def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = Tru
     learned = learned_teacher and (heads is None or len(heads) > 1)  # one head: nothing to weigh
     teacher = LearnedTeacher(use_data_scores=use_data_scores) if learned else WeightedTeacher(
         use_data_scores=use_data_scores)
+    if ema:
+        teacher = EmaTeacher(decay=0.5, use_data_scores=use_data_scores)
     loss = M3Loss(teacher=teacher, self_distill=True)
-    return M3LightningModule(model, loss, tok, **train_step)
+    module = M3LightningModule(model, loss, tok, **train_step)
+    if ema:
+        gen = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for p in module.ema.copy.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return module
 
 
 def ragged(rows: int, max_len: int, gen: torch.Generator, min_len: int = 3, vocab: int = 130) -> dict:

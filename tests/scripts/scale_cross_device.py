@@ -47,11 +47,11 @@ def averaged(loss, g):
     return float(loss) / WORLD, out
 
 
-def reference(batch, local_heads=()):
+def reference(batch, local_heads=(), ema=False):
     """One process, whole batch; heads in ``local_heads`` only see candidates from the query's own rank."""
     from m3lit.scale.cross_device import MASKED_SCORE
 
-    module = tiny_module(cross_device=False)
+    module = tiny_module(cross_device=False, ema=ema)
     original = module.compute_scores
 
     def scores(q, p, no_in_batch_neg):
@@ -126,6 +126,26 @@ def lightning_ddp_grads(local_batch):
     return float(loss) / WORLD, applied.grads
 
 
+def lightning_ddp_learned_one_head(local_batch):
+    """teacher=learned on a dense-only model: the teacher is frozen (nothing to weigh), so DDP trains a step."""
+    import lightning as L
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from m3lit.loss import LearnedTeacher, M3Loss
+    from m3lit.module import M3LightningModule
+
+    plain = tiny_module(heads=["dense"], learned_teacher=False)
+    module = M3LightningModule(plain.model, M3Loss(teacher=LearnedTeacher()), plain.tokenizer, lr=1e-2)
+    before = [p.detach().clone() for p in module.model.parameters()]
+    trainer = L.Trainer(accelerator="cpu", devices=WORLD, strategy=DDPStrategy(find_unused_parameters=False),
+                        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, use_distributed_sampler=False)
+    trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader([local_batch], batch_size=None))
+    return {"steps": trainer.global_step, "teacher_frozen": not any(p.requires_grad for p in
+                                                                     module.loss_fn.teacher.parameters()),
+            "encoder_trained": any(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()))}
+
+
 def worker(rank, port, out_path):
     quiet()
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
@@ -140,9 +160,10 @@ def worker(rank, port, out_path):
 
     cases = {"all": ({h: True for h in HEADS}, ()),
              "mixed": ({"dense": True, "sparse": True, "colbert": False}, ("colbert",))}
+    cases["ema"] = ({h: True for h in HEADS}, ())
     for name, (flags, local_heads) in cases.items():
-        loss, g = averaged(*step(tiny_module(cross_device=flags), local))
-        ref_loss, ref = reference(batch, local_heads)
+        loss, g = averaged(*step(tiny_module(cross_device=flags, ema=name == "ema"), local))
+        ref_loss, ref = reference(batch, local_heads, ema=name == "ema")
         worst, param = max_grad_diff(ref, g)
         results[name] = {"loss": loss, "ref_loss": ref_loss, "max_grad_diff": worst, "param": param,
                          "n_params": len(g)}
@@ -160,6 +181,9 @@ def worker(rank, port, out_path):
     skip = [None] * WORLD
     dist.all_gather_object(skip, lightning_ddp_skip(rank, local))
     results["ddp_skip"] = skip
+    one_head = [None] * WORLD
+    dist.all_gather_object(one_head, lightning_ddp_learned_one_head(local))
+    results["learned_one_head"] = one_head
 
     lengths = [None] * WORLD
     dist.all_gather_object(lengths, results["lengths"][0])

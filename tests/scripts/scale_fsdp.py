@@ -77,7 +77,7 @@ def fit(rank, port, batches, max_steps, precision="32-true", ckpt_path=None, sav
     if save_to:
         trainer.save_checkpoint(save_to)
     state = module.full_model_state_dict()  # collective
-    teacher = module.loss_fn.teacher.raw.detach().clone()
+    teacher = getattr(module.loss_fn.teacher, "raw", torch.zeros(1)).detach().clone()
     return module, state, teacher, probe, trainer
 
 
@@ -110,6 +110,12 @@ def worker(rank, port, workdir):
     module_e, _, _, probe_e, _ = fit(rank, port, [nan_first, local[0]], 2, nonfinite="skip")
     skipped = [None] * WORLD
     dist.all_gather_object(skipped, module_e.skipped_steps)
+    # teacher=ema: the copy is sharded like the model, scores the batch through FSDP, follows its formula
+    module_f, _, _, probe_f, _ = fit(rank, port, local, 2, ema=True)
+    from m3lit.scale.fsdp import full_state_dict
+
+    ema_sharded = sum(isinstance(p, DTensor) for p in module_f.ema.copy.parameters())
+    ema_state = full_state_dict(module_f.ema.copy)  # collective
     sizes = [None] * WORLD
     dist.all_gather_object(sizes, local_numel)
 
@@ -121,6 +127,13 @@ def worker(rank, port, workdir):
         ref.forward_loss(global_batches[0]).loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in ref.parameters() if p.grad is not None], CLIP)
         worst, param = max_grad_diff(grads(ref), probe_a.grads)
+        ref_ema = tiny_module(lr=LR, cross_device=False, ema=True)
+        ref_ema.forward_loss(global_batches[0]).loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in ref_ema.parameters() if p.grad is not None], CLIP)
+        ema_grad_diff = max_grad_diff(grads(ref_ema), probe_f.grads)[0]
+        expected = tiny_module(ema=True).ema.copy.state_dict()
+        for step_state in probe_f.states[1:]:  # decay 0.5: θ'_t = ½ θ'_{t-1} + ½ θ_t
+            expected = {k: 0.5 * expected[k] + 0.5 * step_state[k] for k in step_state}
         reloaded = M3Model.from_pretrained(export_dir, module_c.model.special_ids).state_dict()
         initial = tiny_module().model.state_dict()
         results = {
@@ -137,6 +150,10 @@ def worker(rank, port, workdir):
             "export_vs_consolidated": max(float((reloaded[k] - state_c[k]).abs().max()) for k in state_c),
             "export_keys_match": sorted(reloaded) == sorted(state_c),
             "global_step_after_resume": trainer_c.global_step,
+            "ema_sharded": ema_sharded, "ema_params": len(list(module_f.ema.copy.parameters())),
+            "ema_first_step_grad_diff_vs_one_process": ema_grad_diff,
+            "ema_vs_formula": max(float((ema_state[k] - expected[k]).abs().max()) for k in expected
+                                  if expected[k].is_floating_point()),
             "bf16_hidden_dtype": probe_d.dtypes.get("hidden"),
             "bf16_param_dtype": str(next(module_d.model.parameters()).dtype),
             "bf16_finite_grads": all(bool(torch.isfinite(g).all()) for g in probe_d.grads.values()),

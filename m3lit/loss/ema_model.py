@@ -1,0 +1,53 @@
+"""The momentum (EMA) copy behind ``teacher=ema`` and the ``ema`` source of ``teacher=mix``."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .teacher import EmaSettings
+
+
+class EmaModel(nn.Module):
+    """θ' — a copy of the model without gradient, always in eval mode (deterministic targets), updated after
+    optimizer steps by :meth:`update` (``EmaSettings``). It is a submodule of the LightningModule, so its weights
+    are in every checkpoint (exact resume) and sharded like the model under FSDP (``configure_model``)."""
+
+    def __init__(self, model: nn.Module, settings: EmaSettings):
+        super().__init__()
+        self.copy = copy.deepcopy(model).requires_grad_(False).eval()
+        self.settings = settings
+        self.last_update: int | None = None
+
+    def train(self, mode: bool = True) -> "EmaModel":
+        return super().train(False)
+
+    def active(self, step: int) -> bool:
+        """Whether its scores are the teacher's at optimizer step ``step``."""
+        return step >= self.settings.start_step
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> bool:
+        """After optimizer step ``step`` (the count of steps done): θ' ← d·θ' + (1 − d)·θ every ``update_every``
+        steps, d = ``decay`` from ``start_step`` on, 0 before (θ' = θ). Buffers are copied. Returns whether it
+        updated."""
+        s = self.settings
+        if step == self.last_update or step % s.update_every:
+            return False
+        weight = 1.0 - (s.decay if step >= s.start_step else 0.0)
+        for ema, current in zip(self.copy.parameters(), model.parameters()):
+            ema.lerp_(current.detach().to(ema.dtype), weight)
+        for ema, current in zip(self.copy.buffers(), model.buffers()):
+            ema.copy_(current)
+        self.last_update = step
+        return True
+
+    def memory_bytes(self) -> int:
+        """Bytes of this copy's parameters and buffers (on this rank: its shards under FSDP)."""
+        tensors = list(self.copy.parameters()) + list(self.copy.buffers())
+        return sum(_local(t).numel() * t.element_size() for t in tensors)
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
