@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerBase
 from .inference.embedder import M3Embedder
 from .loss import LossOutput, M3Loss
 from .loss.ema_model import EmaModel
+from .loss.views import augment
 from .model import M3Model, M3Reps
 from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import score_candidates
@@ -113,8 +114,25 @@ class M3LightningModule(L.LightningModule):
         sources = {}
         if self.ema is not None and self.ema.active(self.global_step):
             sources["ema"] = self.ema_scores(batch, no_in_batch_neg)
+        if "views" in self.loss_fn.teacher.sources_needed:
+            sources["views"] = self.view_scores(batch, no_in_batch_neg)
         return self.loss_fn(scores, pos_index, group_size, batch.get("teacher_scores"), step=self.global_step,
                             sources=sources)
+
+    def view_scores(self, batch: Mapping[str, Any], no_in_batch_neg: bool) -> dict[str, torch.Tensor]:
+        """(B, N) scores per head of a second view of the batch (``teacher=views``), by the model itself; with
+        gradient when the teacher is symmetric."""
+        teacher = self.loss_fn.teacher
+        if self.tokenizer is None:
+            raise ValueError("teacher=views needs the tokenizer (pad and mask token ids)")
+        reps = []
+        with torch.set_grad_enabled(teacher.symmetric and torch.is_grad_enabled()):
+            for key in ("queries", "passages"):
+                ids, mask = augment(batch[key]["input_ids"], batch[key]["attention_mask"], teacher.view,
+                                    teacher.rate, self.model.special_ids, self.tokenizer.pad_token_id,
+                                    self.tokenizer.mask_token_id, teacher.seed, self.global_step)
+                reps.append(self.encode({"input_ids": ids, "attention_mask": mask}))
+            return self.compute_scores(reps[0], reps[1], no_in_batch_neg)[0]
 
     @torch.no_grad()
     def ema_scores(self, batch: Mapping[str, Any], no_in_batch_neg: bool) -> dict[str, torch.Tensor]:

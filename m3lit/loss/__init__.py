@@ -11,9 +11,10 @@ from .teacher import (
     MixTeacher,
     TeacherAggregator,
     UniformTeacher,
+    ViewsTeacher,
     WeightedTeacher,
 )
 
 __all__ = ["KD_LOSSES", "kl_div_kd_loss", "m3_kd_loss", "soft_cross_entropy", "group_scores", "group_to_row",
            "infonce", "LossOutput", "M3Loss", "EmaSettings", "EmaTeacher", "ExternalTeacher", "MixTeacher", "LearnedTeacher", "MixedTeacher",
-           "TeacherAggregator", "UniformTeacher", "WeightedTeacher"]
+           "TeacherAggregator", "UniformTeacher", "ViewsTeacher", "WeightedTeacher"]

@@ -7,7 +7,9 @@ With temperature τ and s_h = score_h / τ for the active heads h ∈ {dense, sp
                  β = ``distill_weight``, both 0.5; λ' = ``distill_head_weights``, default λ)
 L_h is InfoNCE over the candidate row, or, when the teacher uses the data's teacher scores
 (``teacher.uses_external``), the batch carries them and ``kd_loss_type`` is set, FlagEmbedding's ``m3_kd_loss`` /
-``kl_div`` against softmax(teacher_scores / external_temperature). A teacher that does not use data scores
+``kl_div`` against softmax(teacher_scores / external_temperature). ``teacher=views`` with ``symmetric``: L' is the
+mean of the first view learning the second's ensemble and the second view (``sources["views"]``, with gradient)
+learning the first's. A teacher that does not use data scores
 ignores them. Defaults (λ = 1 / 0.1 / 1, w = 1 / 0.3 / 1, τ = 0.02) reproduce FlagEmbedding's BGE-M3 fine-tuning
 loss (its ``knowledge_distillation`` = a teacher with ``use_data_scores=true``).
 
@@ -129,6 +131,12 @@ class M3Loss(nn.Module):
                           for name, per in (sources or {}).items()}
         targets = self.teacher.targets(ensemble, external_row, scaled_sources).detach()
         distill = sum(self.distill_head_weights[h] * soft_cross_entropy(targets, scaled[h]) for h in heads) / len(heads)
+        if getattr(self.teacher, "symmetric", False) and sources and "views" in sources:
+            # the second view's heads learn the first view's ensemble distribution too: the two terms averaged
+            second = {h: s.float() / self.temperature for h, s in sources["views"].items() if h in scaled}
+            own = self.teacher.self_targets(ensemble)
+            back = sum(self.distill_head_weights[h] * soft_cross_entropy(own, second[h]) for h in heads) / len(heads)
+            distill = (distill + back) / 2
         return LossOutput(loss=self.hard_weight * hard_loss + self.distill_weight * distill, head_losses=head_losses,
                           hard=hard_loss, distill=distill, diagnostics=kd_diagnostics(targets, scaled, pos_index))
 

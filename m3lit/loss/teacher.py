@@ -255,3 +255,38 @@ class MixTeacher(TeacherAggregator):
         if total <= 0:
             raise ValueError(f"teacher.sources={self.mix}: no source with weight > 0 in this batch")
         return sum(share * p for share, p in parts) / total
+
+
+class ViewsTeacher(TeacherAggregator):
+    """Distillation between two views of each query and passage: the model scores a second view of the batch
+    (``view``: ``dropout`` — a second pass, SimCSE-style; ``token_drop`` / ``mask`` — tokens dropped / masked at
+    ``rate``, see ``m3lit.loss.views``) and the first view's heads learn p = softmax(Σ_h w_h s^(2)_h) (no gradient
+    through p). ``symmetric``: the second view's heads also learn the first view's ensemble distribution (the two
+    terms averaged); ``one_way``: only the first view learns."""
+
+    def __init__(self, view: str = "dropout", rate: float = 0.1, direction: str = "symmetric", seed: int = 0,
+                 weights: Mapping[str, float] | None = None, use_data_scores: bool = False):
+        from .views import VIEW_KINDS
+
+        if view not in VIEW_KINDS:
+            raise ValueError(f"teacher.view={view!r}: expected one of {list(VIEW_KINDS)}")
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"teacher.rate={rate}: expected 0 ≤ rate < 1")
+        if direction not in ("symmetric", "one_way"):
+            raise ValueError(f"teacher.direction={direction!r}: expected symmetric or one_way")
+        super().__init__(weights, use_data_scores)
+        self.view, self.rate, self.direction, self.seed = view, float(rate), direction, int(seed)
+
+    @property
+    def sources_needed(self) -> tuple[str, ...]:
+        return ("views",)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.direction == "symmetric"
+
+    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None,
+                sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        if not sources or "views" not in sources:
+            raise ValueError("teacher=views: the second view's scores are missing (the LightningModule computes them)")
+        return torch.softmax(self.ensemble(sources["views"]).detach(), dim=-1)
