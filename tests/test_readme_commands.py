@@ -85,6 +85,7 @@ def substitute(line: str, ws: dict) -> list[str]:
         if "-m" in args:
             args += ["+scheme=weighted,uniform"] if "sweep=teacher_weighting" in line else []
             args += ["teacher.weights.sparse=0.0,1.0"] if "sweep=sparse_weight" in line else []
+            args += ["+scheme=ema,views_token_drop"] if "sweep=self_kd" in line else []
             args += ["hydra.sweeper.n_trials=2"] if "sweep=optuna_teacher" in line else []
         if "experiment=debdesc" in line:
             args += ["callbacks.retrieval_eval.at_start=false", "data.steps_per_epoch=2"]

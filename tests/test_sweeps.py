@@ -100,7 +100,9 @@ def test_every_scheme_composes_and_trains_a_step(scheme, tmp_path):
     expected_teacher = {"weighted": "WeightedTeacher", "uniform": "UniformTeacher", "learned": "LearnedTeacher",
                         "dense_only": "WeightedTeacher", "no_self_distill": "WeightedTeacher",
                         "external_self": "MixedTeacher", "external": "ExternalTeacher",
-                        "weighted_scored": "WeightedTeacher"}[scheme]
+                        "weighted_scored": "WeightedTeacher", "ema": "EmaTeacher",
+                        "views_token_drop": "ViewsTeacher", "views_mask": "ViewsTeacher",
+                        "mix_ensemble_ema": "MixTeacher"}[scheme]
     assert config["teacher"]["_target_"].endswith(expected_teacher)
     assert config["loss"]["self_distill"] is (scheme != "no_self_distill")
     scored = scheme in ("external", "weighted_scored")
@@ -132,8 +134,8 @@ def test_every_hydra_sweep_composes_and_its_first_job_trains(name, tmp_path):
         jobs = basic_sweep_jobs(params)
         assert len(jobs) >= 2
         job = jobs[0]
-        if name == "teacher_weighting":  # its jobs are the scheme runs: test_every_scheme_composes_and_trains_a_step
-            assert sorted(j[0] for j in jobs) == [f"+scheme={s}" for s in SCHEMES]
+        if name in ("teacher_weighting", "self_kd"):  # scheme runs: test_every_scheme_composes_and_trains_a_step
+            assert {j[0] for j in jobs} <= {f"+scheme={s}" for s in SCHEMES}
             return
     summary = run_job([f"+sweep={name}"] + job, tmp_path)
     assert summary["group"] == name
@@ -146,6 +148,16 @@ def test_every_hydra_sweep_composes_and_its_first_job_trains(name, tmp_path):
         for part in key.split("."):
             node = node[part]
         assert node == pytest.approx(float(value))
+
+
+def test_every_scheme_is_in_a_sweep():
+    covered = set()
+    for name in ("teacher_weighting", "self_kd"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            params = compose("train", overrides=[f"+sweep={name}"], return_hydra_config=True).hydra.sweeper.params
+        covered.update(j[0] for j in basic_sweep_jobs(OmegaConf.to_container(params)))
+    assert covered == {f"+scheme={s}" for s in SCHEMES}
 
 
 @pytest.mark.parametrize("name", WANDB_SWEEPS)
