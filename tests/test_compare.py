@@ -206,6 +206,26 @@ def test_online_group_and_sweep_targets(capsys):
         wandb_runs("m3lit/empty", api=FakeApi([]))
 
 
+def test_online_runs_bring_their_per_query_values_for_the_paired_tests(tmp_path):
+    per_query = {"format": 1, "steps": {"eval": 3}, "values": {"eval": {"en": {"all": {"ndcg@10": {"q1": 0.5}}}}}}
+
+    class SavedFile:
+        def __init__(self, name):
+            self.name = name
+
+        def download(self, root, replace=False):  # what W&B's File.download does: root/<name>
+            if self.name != "eval_per_query.json":
+                raise ValueError("file not found")  # the histories were not saved with this run
+            Path(root).mkdir(parents=True, exist_ok=True)
+            (Path(root) / self.name).write_text(json.dumps(per_query))
+
+    run = FakeRun(id="r0", name="tiny-weighted", group="tw", state="finished", config={}, file=SavedFile,
+                  summary=SimpleNamespace(_json_dict=eval_metrics(0.5)))
+    (found,) = wandb_runs("me/m3lit/tw", api=FakeApi([run]), files_dir=str(tmp_path))
+    assert found.folder == str(tmp_path / "r0")
+    assert found.per_query("eval") == per_query["values"]["eval"] and found.history("train") == []
+
+
 def test_summary_file_round_trip(tmp_path):
     path = write_summary(str(tmp_path / "run" / "m3lit_run.json"), summary("uniform", 0.4, 3))
     record = read_summary(path)

@@ -248,6 +248,8 @@ def test_two_scheme_two_seed_multirun_ends_compared_with_statistics_in_wandb(tmp
     assert any("eval/table" in [*i.nested_key, i.key] for r in records if r.WhichOneof("record_type") == "history"
                for i in r.history.item)
     assert os.path.exists(os.path.join(run_dirs[0], "files", "config_resolved.yaml"))
+    for name in ("eval_per_query.json", "eval_history.jsonl", "train_history.jsonl"):  # online compare reads them
+        assert os.path.exists(os.path.join(run_dirs[0], "files", name)), name
 
     # m3lit-compare again, from the offline W&B runs alone: the same comparison as the one the sweep ended with
     out = tmp_path / "report"

@@ -7,9 +7,10 @@ names. Online: ``[entity/]project/group`` (the runs of a W&B group) or ``[entity
 from __future__ import annotations
 
 import os
+import tempfile
 from typing import Any, Iterable
 
-from .record import SUMMARY_FILE, RunRecord, numeric_metrics, read_summary
+from .record import RUN_FILES, SUMMARY_FILE, RunRecord, numeric_metrics, read_summary
 from .wandb_file import read_wandb_run
 
 SOURCES = ("auto", "summary", "wandb")
@@ -60,8 +61,22 @@ def parse_wandb_target(target: str) -> tuple[str, str | None, str]:
     return "/".join(parts[:-1]), None, parts[-1]
 
 
-def wandb_runs(target: str, api: Any = None) -> list[RunRecord]:
-    """The runs of a W&B group or sweep (online; needs an API key)."""
+def download_run_files(run: Any, folder: str) -> str | None:
+    """The run's per-query values and histories (``RUN_FILES``, saved by the tracking callback) into ``folder``;
+    returns the folder when any came, else None."""
+    got = False
+    for name in RUN_FILES:
+        try:
+            run.file(name).download(root=folder, replace=True)
+            got = os.path.isfile(os.path.join(folder, name)) or got
+        except Exception:  # an older run, or a run without that file
+            continue
+    return folder if got else None
+
+
+def wandb_runs(target: str, api: Any = None, files_dir: str | None = None) -> list[RunRecord]:
+    """The runs of a W&B group or sweep (online; needs an API key); each run's saved ``RUN_FILES`` are downloaded
+    into ``files_dir/<run id>`` (default: a temporary folder) for the paired tests and curves."""
     project, sweep, group = parse_wandb_target(target)
     if api is None:
         import wandb
@@ -77,9 +92,12 @@ def wandb_runs(target: str, api: Any = None) -> list[RunRecord]:
             continue
         config = {k: v for k, v in dict(run.config).items() if not k.startswith("_")}
         summary = getattr(run.summary, "_json_dict", None) or dict(run.summary)
+        if files_dir is None:
+            files_dir = tempfile.mkdtemp(prefix="m3lit-compare-")
+        folder = download_run_files(run, os.path.join(files_dir, str(run.id)))
         runs.append(RunRecord(run_id=run.id, name=run.name, source=f"{project}/{run.id}", config=config,
                               metrics=numeric_metrics(summary), group=getattr(run, "group", None) or group or None,
-                              status=str(getattr(run, "state", "unknown"))))
+                              status=str(getattr(run, "state", "unknown")), folder=folder))
     if not runs:
         raise ValueError(f"{target}: no W&B runs found")
     return sort_runs(runs)

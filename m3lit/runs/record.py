@@ -20,6 +20,7 @@ SUMMARY_FORMAT = 1
 PER_QUERY_FILE = "eval_per_query.json"       # written by m3lit.eval.callback.RetrievalEvalCallback
 EVAL_HISTORY_FILE = "eval_history.jsonl"     # likewise
 TRAIN_HISTORY_FILE = "train_history.jsonl"   # written by m3lit.runs.tracking.TrackingCallback
+RUN_FILES = (PER_QUERY_FILE, EVAL_HISTORY_FILE, TRAIN_HISTORY_FILE)   # saved with W&B runs too
 
 
 @dataclass

@@ -26,7 +26,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from omegaconf import DictConfig, OmegaConf
 
-from .record import SUMMARY_FILE, TRAIN_HISTORY_FILE, numeric_metrics
+from .record import RUN_FILES, SUMMARY_FILE, TRAIN_HISTORY_FILE, numeric_metrics
 from .record import write_summary as write_summary_file
 
 log = logging.getLogger(__name__)
@@ -132,6 +132,18 @@ class TrackingCallback(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage == "fit":
             self.write_summary(trainer, "finished")
+            self.save_run_files(trainer)
+
+    def save_run_files(self, trainer: Trainer) -> None:
+        """The per-query values and histories (``RUN_FILES``) with each W&B run, so that ``m3lit-compare`` of a W&B
+        group online makes the same paired tests and curves as of the local folders (rank 0)."""
+        if not trainer.is_global_zero:
+            return
+        for logger in wandb_loggers(trainer):
+            for name in RUN_FILES:
+                path = os.path.join(trainer.default_root_dir, name)
+                if os.path.isfile(path):
+                    logger.experiment.save(path, base_path=trainer.default_root_dir, policy="now")
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         self.write_summary(trainer, "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
