@@ -52,6 +52,13 @@ def test_hybrid_names_weights_and_subset(beir_root, tmp_path):
     assert list(results) == ["de", "average"]
     assert set(results["de"]) == {"dense", "sparse", "dense+sparse", "stats"}
     assert results["de"]["dense+sparse"] == pytest.approx(results["de"]["dense"])
+    assert 0.0 <= results["de"]["stats"]["sparse_zero_frac"] <= 1.0 and results["de"]["stats"]["sparse_nnz"] > 0
+    # per_query=true: every query's values, whose means are the reported ones
+    with_queries = run(eval_config(f"model_path={TINY}", f"beir={beir_root}", "heads=[dense,sparse]",
+                                   "hybrids=[dense+sparse]", "datasets=[de]", "print_table=false", "device=cpu",
+                                   "per_query=true"))
+    per = with_queries["de"]["per_query"]["sparse"]["ndcg@10"]
+    assert len(per) == 6 and sum(per.values()) / 6 == pytest.approx(with_queries["de"]["sparse"]["ndcg@10"])
 
 
 def test_unknown_keys_are_errors(beir_root, tmp_path):
