@@ -119,24 +119,26 @@ def test_paired_tests_mark_better_worse_and_same(tmp_path):
 
 
 def test_compare_reports_the_held_out_test_first_and_separates_other_data(tmp_path, capsys):
-    write_run(tmp_path, 0, "base", 1, 0.0)
-    write_run(tmp_path, 1, "good", 1, 0.1)
-    write_run(tmp_path, 2, "base", 1, 0.0, data="scored")
-    write_run(tmp_path, 3, "other", 1, 0.05, data="scored")
+    write_run(tmp_path, 0, "base", 1, 0.0, data="/data/train")
+    write_run(tmp_path, 1, "good", 1, 0.1, data="/data/train")
+    write_run(tmp_path, 2, "base_scored", 1, 0.0, data="/data/train/scored.jsonl")
+    write_run(tmp_path, 3, "other", 1, 0.05, data="/data/train/scored.jsonl")
     from m3lit.runs import collect_runs
 
     runs = collect_runs(str(tmp_path))
     groups = split_by_setup(runs, run_labels(runs))
-    assert [(setup, labels) for setup, _, labels in groups] == [("data.train=train", ["base", "good"]),
-                                                                 ("data.train=scored", ["base", "other"])]
-    assert compare_main([str(tmp_path), "--wandb", "off", "--samples", "2000"]) == 0
+    assert [(setup, labels) for setup, _, labels in groups] == [
+        ("data.train=…/train", ["base", "good"]), ("data.train=…/train/scored.jsonl", ["base_scored", "other"])]
+    assert compare_main([str(tmp_path), "--wandb", "off", "--samples", "2000", "--baseline", "good,base_scored"]) == 0
     out = capsys.readouterr().out
     assert "2 separate tables" in out
-    first = out.index("=== runs with data.train=train")
+    first = out.index("=== runs with data.train=…/train\n")
     assert out.index("held-out test test/…, average over 2 datasets", first) < out.index("dev eval/…", first)
-    assert out.index("=== runs with data.train=scored") > first
+    second = out.index("=== runs with data.train=…/train/scored.jsonl")
+    assert "vs good:" in out[first:second] and "vs base_scored:" in out[second:]  # the first baseline present
     md = (tmp_path / "compare.md").read_text()
-    assert "## Runs with data.train=scored" in md and "dataset de" in md and "▲" in md
+    assert "## Runs with data.train=…/train/scored.jsonl" in md and "dataset de" in md and "▼" in md
     rows = (tmp_path / "compare.csv").read_text().splitlines()
-    good = [r for r in rows if r.startswith("data.train=train,test,average,good,")]
-    assert len(good) == 1 and good[0].split(",")[15] == "better"
+    base = [r for r in rows if r.startswith("data.train=…/train,test,average,base,")]
+    assert len(base) == 1 and base[0].split(",")[11] == "good" and base[0].split(",")[15] == "worse"
+    assert compare_main([str(tmp_path), "--wandb", "off", "--baseline", "nope"]) == 2

@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="comma-separated override keys whose runs are replicates: left out of the labels, "
                              "averaged (mean±std); '' to keep them apart (default: seed)")
     parser.add_argument("--baseline", default=None,
-                        help="label the others are tested against (default: the first label of each table)")
+                        help="label the others are tested against; comma-separated: the first one present in each "
+                             "table (e.g. weighted,weighted_scored); default: the first label of each table")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm's correction")
     parser.add_argument("--samples", type=int, default=10000,
                         help="random sign vectors of the paired randomisation test (exact below 17 queries)")
@@ -181,7 +182,8 @@ def build_comparisons(runs: Sequence[RunRecord], labels: Sequence[str], args: ar
     prefixes = [report] + ([args.prefix] if report != args.prefix else [])
     out = []
     for setup, group_runs, group_labels in split_by_setup(runs, labels):
-        baseline = args.baseline if args.baseline in group_labels else None
+        wanted = [b for b in (args.baseline or "").split(",") if b]
+        baseline = next((b for b in wanted if b in group_labels), None)
         comparisons = []
         for prefix in prefixes:
             datasets = sorted({k.split("/")[1] for r in group_runs for k in r.metrics
@@ -208,8 +210,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [run for target in args.targets for run in collect_runs(target, args.source)]
         average_over = [k for k in args.average_over.split(",") if k]
         labels = run_labels(runs, args.by, average_over)
-        if args.baseline is not None and args.baseline not in labels:
-            raise ValueError(f"--baseline {args.baseline}: not among the run labels {list(dict.fromkeys(labels))}")
+        missing = [b for b in (args.baseline or "").split(",") if b and b not in labels]
+        if missing:
+            raise ValueError(f"--baseline {args.baseline}: {missing} not among the run labels "
+                             f"{list(dict.fromkeys(labels))}")
         metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
         name = label_name(runs, args.by, average_over)
         groups = build_comparisons(runs, labels, args, metrics, name)

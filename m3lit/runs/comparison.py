@@ -299,16 +299,29 @@ def split_by_setup(runs: Sequence[RunRecord], labels: Sequence[str],
         return [("", list(runs), list(labels))]
     keys = sorted({k for s in setups for k in s})
     varying = [k for k in keys if len({s.get(k) for s in setups}) > 1]
+    common = {k: _common_prefix([setups[m[0]].get(k, "null") for m in groups.values()]) for k in varying}
     out = []
     for members in groups.values():
         setup = setups[members[0]]
-        text = ", ".join(f"{k}={_short(setup.get(k, 'null'))}" for k in varying)
+        text = ", ".join(f"{k}={_short(setup.get(k, 'null'), common[k])}" for k in varying)
         out.append((text, [runs[i] for i in members], [labels[i] for i in members]))
     return out
 
 
-def _short(value: str, width: int = 60) -> str:
+def _common_prefix(values: list[str]) -> str:
+    """The folder above the path the (JSON string) values share, when they are paths: left out of the
+    descriptions (``…/train`` and ``…/train/distill_en.jsonl`` stay)."""
+    paths = [v.strip('"') for v in values]
+    if not all(p.startswith("/") for p in paths):
+        return ""
+    prefix = os.path.dirname(os.path.commonpath(paths))
+    return prefix if prefix != "/" else ""
+
+
+def _short(value: str, common: str = "", width: int = 60) -> str:
     value = value.strip('"')
+    if common and value.startswith(common + "/"):
+        value = "…" + value[len(common):]
     return value if len(value) <= width else "…" + value[-(width - 1):]
 
 
@@ -350,7 +363,7 @@ def format_comparison(comparison: Comparison, markdown: bool = False) -> str:
     Holm-adjusted p-value of the paired randomisation test over queries."""
     blocks = []
     extra = ["runs"] if comparison.replicated else []
-    tested = bool(comparison.tests)
+    tested = any(comparison.tests.values())
     for metric in comparison.metrics:
         header = [comparison.label_name] + comparison.modes + extra
         rows = [[label + (" (baseline)" if tested and label == comparison.baseline else "")]
@@ -400,7 +413,7 @@ def csv_rows(comparison: Comparison) -> list[list[Any]]:
                 rows.append([comparison.setup, comparison.prefix, comparison.dataset, label, comparison.runs[label],
                              mode, metric, num(comparison.value(label, metric, mode)),
                              num(comparison.std(label, metric, mode)), num(low), num(high),
-                             comparison.baseline if comparison.tests else None,
+                             comparison.baseline if any(comparison.tests.values()) else None,
                              num(test.delta) if test else None, num(test.p) if test else None,
                              num(test.p_adjusted) if test else None, test.verdict if test else None,
                              test.queries if test else None, comparison.steps[label]])
