@@ -15,7 +15,8 @@ from transformers import AutoTokenizer
 
 from m3lit.cli.resolvers import CONFIG_DIR, SWEEPS_DIR, default_assets_path
 
-EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+GPU_ONLY = ("long8192",)  # CUDA + flash-attn: composed and checked below, trained by benchmarks/gpu_check.sh's paths
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml") if p.stem not in GPU_ONLY)
 TOOL = Path(SWEEPS_DIR) / "tools" / "train_tokenizer.py"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,3 +82,22 @@ def test_debdesc_defaults_to_the_shared_data_folder(tmp_path):
     assert cfg.debdesc_dir == os.path.abspath(REPO / ".." / "shared" / "data" / "debdesc")
     assert cfg.callbacks.retrieval_eval.datasets == ["en", "de", "fr", "ja", "ru", "zh_CN", "xling_de-en",
                                                      "xling_ja-en"]
+
+
+def test_long8192_configures_the_papers_long_input_recipe(tmp_path):
+    from hydra.utils import get_class
+
+    cfg = compose_job(["experiment=long8192"], tmp_path)
+    assert cfg.model.encoder_config.num_hidden_layers == 24 and cfg.model.encoder_config.hidden_size == 1024
+    assert cfg.model.attn_implementation == "flash_attention_2" and cfg.model.encoder_config.max_position_embeddings > 8192
+    strategy = cfg.trainer.strategy
+    assert get_class(strategy._target_).__name__ == "FSDP2Strategy" and strategy.activation_checkpointing
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+    assert cfg.train_step.encoding.mode == "grad_cache" and cfg.train_step.encoding.packing is True
+    assert cfg.data.passage_max_len == 8192 and cfg.data.bucket_boundaries[-1] == 8192
+    assert len(cfg.data.batch_size) == len(cfg.data.bucket_boundaries) - 1
+    assert cfg.data.train.endswith("manlong/train") and cfg.callbacks.retrieval_eval.max_length == 8192
+    from m3lit.scale.options import TrainStepOptions
+
+    options = TrainStepOptions.from_config(**{k: cfg.train_step[k] for k in ("cross_device", "encoding", "nonfinite")})
+    assert options.encoding.sub_batch_rows(8192) == 8
