@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any, Mapping
 
@@ -13,10 +14,11 @@ from transformers import PreTrainedTokenizerBase
 from .inference.embedder import M3Embedder
 from .loss import LossOutput, M3Loss
 from .loss.ema_model import EmaModel
+from .loss.snapshot import SnapshotModel
 from .loss.views import augment
 from .model import M3Model, M3Reps
 from .runs.rng_state import gather_rng_states, restore_rng_states
-from .scale.cross_device import score_candidates
+from .scale.cross_device import MASKED_SCORE, score_candidates
 from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
 from .scale.nonfinite import NonFiniteLossError, SkipCounter, all_finite, describe
 from .scale.options import TrainStepOptions
@@ -74,6 +76,8 @@ class M3LightningModule(L.LightningModule):
         check_teacher_heads(loss, model.active_heads)
         ema = loss.teacher.ema_settings()
         self.ema = EmaModel(model, ema) if ema is not None else None  # teacher=ema / mix with an ema source
+        self.snapshot = SnapshotModel(model, getattr(loss.teacher, "every_n_steps", None)) \
+            if "snapshot" in loss.teacher.sources_needed else None  # teacher=snapshot
 
     @property
     def skipped_steps(self) -> int:
@@ -116,6 +120,8 @@ class M3LightningModule(L.LightningModule):
             sources["ema"] = self.ema_scores(batch, no_in_batch_neg)
         if "views" in self.loss_fn.teacher.sources_needed:
             sources["views"] = self.view_scores(batch, no_in_batch_neg)
+        if self.snapshot is not None and self.snapshot.active:
+            sources["snapshot"] = self.snapshot_scores(batch, pos_index, scores[next(iter(scores))].shape[1])
         return self.loss_fn(scores, pos_index, group_size, batch.get("teacher_scores"), step=self.global_step,
                             sources=sources)
 
@@ -133,6 +139,32 @@ class M3LightningModule(L.LightningModule):
                                     self.tokenizer.mask_token_id, teacher.seed, self.global_step)
                 reps.append(self.encode({"input_ids": ids, "attention_mask": mask}))
             return self.compute_scores(reps[0], reps[1], no_in_batch_neg)[0]
+
+    @torch.no_grad()
+    def snapshot_scores(self, batch: Mapping[str, Any], pos_index: torch.Tensor, candidates: int,
+                        ) -> dict[str, torch.Tensor]:
+        """The snapshot's raw scores of each query's own group, from the per-line cache or computed (and cached),
+        placed on the (B, N) candidate row at the group's columns, ``MASKED_SCORE`` elsewhere."""
+        heads = self.model.active_heads
+        group = batch["passages"]["input_ids"].shape[0] // batch["queries"]["input_ids"].shape[0]
+        keys = self.snapshot.keys(batch.get("meta"), batch["passages"], group)
+        values = self.snapshot.lookup(keys)
+        if values is None:
+            options = self.train_step_options.encoding
+            q = encode_batch(self.snapshot.copy, batch["queries"]["input_ids"], batch["queries"]["attention_mask"],
+                             options)
+            p = encode_batch(self.snapshot.copy, batch["passages"]["input_ids"],
+                             batch["passages"]["attention_mask"], options)
+            per_head = score_candidates(q, p, heads, self.train_step_options.cross_device, True)[0]
+            values = torch.stack([per_head[h] for h in heads], dim=1)  # (B, heads, G)
+            self.snapshot.store(keys, values)
+        values = values.to(pos_index.device)
+        columns = pos_index[:, None] + torch.arange(group, device=pos_index.device)
+        out = {}
+        for i, head in enumerate(heads):
+            row = values.new_full((values.shape[0], candidates), MASKED_SCORE)
+            out[head] = row.scatter(1, columns, values[:, i])
+        return out
 
     @torch.no_grad()
     def ema_scores(self, batch: Mapping[str, Any], no_in_batch_neg: bool) -> dict[str, torch.Tensor]:
@@ -172,6 +204,10 @@ class M3LightningModule(L.LightningModule):
         values = {f"teacher/w_{h}": w for h, w in teacher.weights().items() if h in self.model.active_heads}
         if teacher.temperature() is not None:
             values["teacher/temperature"] = teacher.temperature()
+        if self.snapshot is not None:
+            looked = self.snapshot.hits + self.snapshot.misses
+            values["teacher/snapshot_version"] = float(self.snapshot.version)
+            values["teacher/snapshot_cached"] = self.snapshot.hits / looked if looked else 0.0
         self.log_dict({**values, **{k: v.detach() for k, v in out.diagnostics.items()}}, batch_size=batch_size)
         self._log_batch_stats(batch, batch_size)
         return out.loss
@@ -220,12 +256,16 @@ class M3LightningModule(L.LightningModule):
                 "colbert_dim": int(self.model.colbert_head.linear.out_features),
                 "pooling": self.model.head_config.pooling,
                 "learned_teacher_weights": any(p.requires_grad for p in self.loss_fn.parameters()),
-                "ema_teacher": self.ema is not None}
+                "ema_teacher": self.ema is not None, "snapshot_teacher": self.snapshot is not None}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adds every rank's RNG states, the model signature and the skip counters (a collective: all ranks)."""
         checkpoint["m3lit"] = {"rng": gather_rng_states(), "model": self.model_signature(),
                                "skips": self.skips.state_dict()}
+        if self.snapshot is not None:  # its weights are in the state dict; the per-line cache goes beside it
+            folder = os.path.abspath(os.path.join(self.trainer.default_root_dir, "teacher_cache"))
+            self.snapshot.save(os.path.join(folder, f"snapshot-rank{self.global_rank}.pt"), self._data_fingerprint())
+            checkpoint["m3lit"]["snapshot"] = {"version": self.snapshot.version, "cache_dir": folder}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses a checkpoint of another model or head set (naming the differences), before any weight loads."""
@@ -240,6 +280,10 @@ class M3LightningModule(L.LightningModule):
                              + "; ".join(differences) + ". Resume with the configuration it was trained with, or "
                              "start a new run from its exported model (model.path=...)")
         self.skips.load_state_dict(saved.get("skips", {}))
+        if self.snapshot is not None and saved.get("snapshot"):
+            self.snapshot.version = int(saved["snapshot"]["version"])
+            path = os.path.join(saved["snapshot"]["cache_dir"], f"snapshot-rank{self.global_rank}.pt")
+            log.info("teacher=snapshot: %s", self.snapshot.load(path, self._data_fingerprint()))
         rng = saved.get("rng") or []
         world = self.trainer.world_size if self._trainer is not None else 1
         if len(rng) == world:
@@ -247,6 +291,10 @@ class M3LightningModule(L.LightningModule):
         else:
             log.warning("the checkpoint holds RNG states of %d rank(s), this run has %d: random numbers (dropout) "
                         "continue from this run's seed instead", len(rng), world)
+
+    def _data_fingerprint(self) -> Any:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        return datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         """Real (non-pad) tokens per second of the whole step: forward, backward and optimizer update."""
@@ -261,6 +309,14 @@ class M3LightningModule(L.LightningModule):
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update(self.model, self.trainer.global_step)
+        every = self.snapshot.every_n_steps if self.snapshot is not None else None
+        if every and self.trainer.global_step % every == 0:
+            self.snapshot.take(self.model)
+
+    def on_train_epoch_end(self) -> None:
+        """teacher=snapshot (every epoch): the model as it is now teaches the next epoch."""
+        if self.snapshot is not None and self.snapshot.every_n_steps is None:
+            self.snapshot.take(self.model)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         if self._drop_update:  # a (micro-)batch of this step had a non-finite loss: no update at all
@@ -278,8 +334,9 @@ class M3LightningModule(L.LightningModule):
         strategy = self._trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, ModelParallelStrategy):
             shard_for_strategy(self.model, strategy, self.trainer.precision, self.device_mesh)
-            if self.ema is not None:
-                shard_for_strategy(self.ema.copy, strategy, self.trainer.precision, self.device_mesh)
+            for copy in (self.ema, self.snapshot):
+                if copy is not None:
+                    shard_for_strategy(copy.copy, strategy, self.trainer.precision, self.device_mesh)
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:

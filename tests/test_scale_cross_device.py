@@ -22,7 +22,7 @@ def test_ranks_pad_to_their_own_length(results):
     assert results["lengths"] == [20, 11]
 
 
-@pytest.mark.parametrize("case", ["all", "mixed", "lightning", "ema", "views"])
+@pytest.mark.parametrize("case", ["all", "mixed", "lightning", "ema", "views", "snapshot"])
 def test_loss_and_every_gradient_equal_one_process(results, case):
     r = results[case]
     assert r["loss"] == pytest.approx(r["ref_loss"], abs=TOL)

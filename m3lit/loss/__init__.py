@@ -9,6 +9,7 @@ from .teacher import (
     LearnedTeacher,
     MixedTeacher,
     MixTeacher,
+    SnapshotTeacher,
     TeacherAggregator,
     UniformTeacher,
     ViewsTeacher,
@@ -16,5 +17,5 @@ from .teacher import (
 )
 
 __all__ = ["KD_LOSSES", "kl_div_kd_loss", "m3_kd_loss", "soft_cross_entropy", "group_scores", "group_to_row",
-           "infonce", "LossOutput", "M3Loss", "EmaSettings", "EmaTeacher", "ExternalTeacher", "MixTeacher", "LearnedTeacher", "MixedTeacher",
+           "infonce", "LossOutput", "M3Loss", "EmaSettings", "EmaTeacher", "ExternalTeacher", "MixTeacher", "SnapshotTeacher", "LearnedTeacher", "MixedTeacher",
            "TeacherAggregator", "UniformTeacher", "ViewsTeacher", "WeightedTeacher"]

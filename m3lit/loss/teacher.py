@@ -290,3 +290,27 @@ class ViewsTeacher(TeacherAggregator):
         if not sources or "views" not in sources:
             raise ValueError("teacher=views: the second view's scores are missing (the LightningModule computes them)")
         return torch.softmax(self.ensemble(sources["views"]).detach(), dim=-1)
+
+
+class SnapshotTeacher(TeacherAggregator):
+    """The model at an earlier state teaches: a frozen copy taken at the end of every epoch (``every_n_steps``:
+    every N optimizer steps instead) scores each training line's group once — the scores cached per line, see
+    ``m3lit.loss.snapshot`` — and p = softmax(Σ_h w_h s^snap_h) over the line's group (0 elsewhere in the row).
+    Before the first snapshot: the current ensemble, as ``weighted``."""
+
+    def __init__(self, weights: Mapping[str, float] | None = None, every_n_steps: int | None = None,
+                 use_data_scores: bool = False):
+        super().__init__(weights, use_data_scores)
+        if every_n_steps is not None and int(every_n_steps) < 1:
+            raise ValueError(f"teacher.every_n_steps={every_n_steps}: expected ≥ 1 (or null: every epoch)")
+        self.every_n_steps = None if every_n_steps is None else int(every_n_steps)
+
+    @property
+    def sources_needed(self) -> tuple[str, ...]:
+        return ("snapshot",)
+
+    def targets(self, ensemble: torch.Tensor, external: torch.Tensor | None,
+                sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None) -> torch.Tensor:
+        if sources and "snapshot" in sources:  # group scores on the row, MASKED_SCORE elsewhere: 0 weight there
+            return torch.softmax(self.ensemble(sources["snapshot"]).detach(), dim=-1)
+        return self.self_targets(ensemble)

@@ -12,7 +12,7 @@ if str(ROOT) not in sys.path:  # scripts run as files, from any directory
     sys.path.insert(0, str(ROOT))
 
 from m3lit.inference.embedder import load_tokenizer
-from m3lit.loss import EmaTeacher, LearnedTeacher, M3Loss, ViewsTeacher, WeightedTeacher
+from m3lit.loss import EmaTeacher, LearnedTeacher, M3Loss, SnapshotTeacher, ViewsTeacher, WeightedTeacher
 from m3lit.model import build_m3_model
 from m3lit.module import M3LightningModule
 
@@ -21,7 +21,8 @@ TINY_M3 = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_m3")
 
 def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = True, heads=None, hidden: int = 16,
                 layers: int = 2, attn: str = "sdpa", model_type: str = "xlm-roberta", use_data_scores: bool = True,
-                ema: bool = False, views: dict | None = None, **train_step) -> M3LightningModule:
+                ema: bool = False, views: dict | None = None, snapshot: bool = False,
+                **train_step) -> M3LightningModule:
     """A 2-layer, hidden-16 M3 module (all heads, self-distillation, learned teacher weights by default when there
     are two heads or more; the teacher uses batches' teacher scores). ``ema``: teacher=ema (decay 0.5) whose copy is
     moved off the model by seeded noise, so that its targets differ from the model's own ensemble."""
@@ -39,12 +40,17 @@ def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = Tru
         teacher = EmaTeacher(decay=0.5, use_data_scores=use_data_scores)
     if views is not None:  # teacher=views with these options
         teacher = ViewsTeacher(use_data_scores=use_data_scores, **views)
+    if snapshot:  # teacher=snapshot, a first snapshot taken and moved off the model by seeded noise
+        teacher = SnapshotTeacher(use_data_scores=use_data_scores)
     loss = M3Loss(teacher=teacher, self_distill=True)
     module = M3LightningModule(model, loss, tok, **train_step)
-    if ema:
+    copies = ([module.ema.copy] if ema else []) + ([module.snapshot.copy] if snapshot else [])
+    if snapshot:
+        module.snapshot.take(module.model)
+    for copy in copies:
         gen = torch.Generator().manual_seed(seed + 1)
         with torch.no_grad():
-            for p in module.ema.copy.parameters():
+            for p in copy.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=gen))
     return module
 
