@@ -51,8 +51,18 @@ def test_mix_teacher_is_the_weighted_mean_of_its_sources():
     torch.testing.assert_close(teacher.targets(own, None, {"ema": e}),
                                (0.25 * torch.softmax(own, -1) + 0.5 * p_ema) / 0.75)
     assert MixTeacher({"ensemble": 1.0, "ema": 0.0}).sources_needed == ()  # weight 0 drops a source
+    # every copy source at once: snapshot (over the groups) and a second view too
+    snap, view = rows(2), rows(3)
+    every = MixTeacher({"ensemble": 1.0, "ema": 1.0, "snapshot": 1.0, "views": 1.0},
+                       snapshot={"every_n_steps": 5}, views={"view": "mask", "rate": 0.2})
+    assert every.sources_needed == ("ema", "snapshot", "views") and every.every_n_steps == 5
+    assert (every.view, every.rate, every.symmetric) == ("mask", 0.2, False)
+    scaled = {name: {h: v / 0.02 for h, v in r.items()} for name, r in (("ema", ema_scores), ("snapshot", snap),
+                                                                         ("views", view))}
+    expected = (torch.softmax(own, -1) + sum(torch.softmax(every.ensemble(scaled[n]), -1) for n in scaled)) / 4
+    torch.testing.assert_close(every.targets(own, None, scaled), expected)
     with pytest.raises(ValueError, match="expected weights of"):
-        MixTeacher({"snapshot": 1.0})
+        MixTeacher({"layers": 1.0})
     with pytest.raises(ValueError, match="contradicts"):
         MixTeacher({"ensemble": 1.0}, use_data_scores=True)
 

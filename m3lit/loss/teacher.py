@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -196,17 +196,22 @@ class EmaTeacher(TeacherAggregator):
         return self.self_targets(ensemble)
 
 
-MIX_SOURCES = ("ensemble", "ema", "external")
+MIX_SOURCES = ("ensemble", "ema", "snapshot", "views", "external")
+COPY_SOURCES = ("ema", "snapshot", "views")   # scorers of the batch the LightningModule runs for the teacher
 
 
 class MixTeacher(TeacherAggregator):
     """p = Σ_s a_s softmax(s_e^(s) / T_s) / Σ_s a_s over the sources a batch has: ``ensemble`` (the current model's
-    heads), ``ema`` (a momentum copy's heads, ``ema`` settings as ``EmaTeacher``'s), ``external`` (the data's teacher
-    distribution, at ``loss.external_temperature``; batches without teacher scores leave it out). s_e^(s) combines a
-    source's heads with these ``weights``; ``temperatures`` T_s default 1."""
+    heads), ``ema`` (a momentum copy's heads; ``ema`` settings as ``EmaTeacher``'s), ``snapshot`` (the model at an
+    earlier state, over each line's group; ``snapshot: {every_n_steps}`` as ``SnapshotTeacher``'s), ``views`` (the
+    model on a second view of the batch, one way; ``views: {view, rate, seed}`` as ``ViewsTeacher``'s),
+    ``external`` (the data's teacher distribution, at ``loss.external_temperature``; batches without teacher scores
+    leave it out). s_e^(s) combines a source's heads with these ``weights``; ``temperatures`` T_s default 1. Before
+    the EMA's start or the first snapshot, those sources are the current ensemble."""
 
     def __init__(self, sources: Mapping[str, float], temperatures: Mapping[str, float] | None = None,
                  weights: Mapping[str, float] | None = None, ema: Mapping[str, float] | None = None,
+                 snapshot: Mapping[str, Any] | None = None, views: Mapping[str, Any] | None = None,
                  use_data_scores: bool | None = None):
         unknown = set(sources) - set(MIX_SOURCES)
         if unknown or not sources:
@@ -215,7 +220,7 @@ class MixTeacher(TeacherAggregator):
             raise ValueError(f"teacher.sources={dict(sources)}: weights must be ≥ 0, one of them > 0")
         temperatures = {k: float(v) for k, v in (temperatures or {}).items()}
         if set(temperatures) - set(sources) or "external" in temperatures:
-            raise ValueError(f"teacher.temperatures={temperatures}: only for the ensemble and ema sources given "
+            raise ValueError(f"teacher.temperatures={temperatures}: only for the sources given (not external) "
                              "(the external distribution's is loss.external_temperature)")
         if any(t <= 0 for t in temperatures.values()):
             raise ValueError(f"teacher.temperatures={temperatures}: must be > 0")
@@ -228,10 +233,16 @@ class MixTeacher(TeacherAggregator):
         self.mix_temperatures = {k: temperatures.get(k, 1.0) for k in sources if k != "external"}
         self._ema = EmaSettings(**{k: (float(v) if k == "decay" else int(v)) for k, v in (ema or {}).items()}) \
             if "ema" in self.mix else None
+        every = (snapshot or {}).get("every_n_steps")
+        self.every_n_steps = None if every is None else int(every)
+        view = dict(views or {})
+        self.view, self.rate, self.seed = view.get("view", "token_drop"), float(view.get("rate", 0.1)), \
+            int(view.get("seed", 0))
+        self.direction, self.symmetric = "one_way", False  # a mixture source only teaches
 
     @property
     def sources_needed(self) -> tuple[str, ...]:
-        return ("ema",) if "ema" in self.mix else ()
+        return tuple(s for s in COPY_SOURCES if s in self.mix)
 
     def ema_settings(self) -> EmaSettings | None:
         return self._ema
@@ -242,9 +253,9 @@ class MixTeacher(TeacherAggregator):
         for name, share in self.mix.items():
             if name == "ensemble":
                 parts.append((share, torch.softmax(ensemble.detach() / self.mix_temperatures[name], dim=-1)))
-            elif name == "ema":
-                scores = (sources or {}).get("ema")
-                if scores is not None:  # before the EMA's start_step the current ensemble stands in
+            elif name in COPY_SOURCES:
+                scores = (sources or {}).get(name)
+                if scores is not None:  # before the EMA's start / the first snapshot the current ensemble stands in
                     row = self.ensemble(scores).detach()
                 else:
                     row = ensemble.detach()
