@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from .inference.embedder import M3Embedder
@@ -17,6 +18,7 @@ from .loss.ema_model import EmaModel
 from .loss.snapshot import SnapshotModel
 from .loss.views import augment
 from .model import M3Model, M3Reps
+from .model.layerwise import HeadSet, check_layers, layer_reps
 from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import MASKED_SCORE, score_candidates
 from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
@@ -78,6 +80,16 @@ class M3LightningModule(L.LightningModule):
         self.ema = EmaModel(model, ema) if ema is not None else None  # teacher=ema / mix with an ema source
         self.snapshot = SnapshotModel(model, getattr(loss.teacher, "every_n_steps", None)) \
             if "snapshot" in loss.teacher.sources_needed else None  # teacher=snapshot
+        self.layers: list[int] = []
+        self.layer_heads = nn.ModuleDict()  # teacher=layerwise with heads of their own per layer
+        if hasattr(loss.teacher, "layers"):
+            self.layers = check_layers(model, loss.teacher.layers)
+            encoding = self.train_step_options.encoding
+            if encoding.mode != "plain" or encoding.packing:
+                raise ValueError("teacher=layerwise: needs train_step.encoding.mode=plain without packing (the "
+                                 "intermediate layers come from one padded encoder pass)")
+            if not loss.teacher.shared_heads:
+                self.layer_heads = nn.ModuleDict({str(k): HeadSet(model) for k in self.layers})
 
     @property
     def skipped_steps(self) -> int:
@@ -108,6 +120,8 @@ class M3LightningModule(L.LightningModule):
         return score_candidates(q, p, self.model.active_heads, self.train_step_options.cross_device, no_in_batch_neg)
 
     def forward_loss(self, batch: Mapping[str, Any]) -> LossOutput:
+        if self.layers:
+            return self.layerwise_loss(batch)
         q = self.encode(batch["queries"])
         p = self.encode(batch["passages"])
         if p.input_ids.shape[0] % q.input_ids.shape[0]:
@@ -124,6 +138,20 @@ class M3LightningModule(L.LightningModule):
             sources["snapshot"] = self.snapshot_scores(batch, pos_index, scores[next(iter(scores))].shape[1])
         return self.loss_fn(scores, pos_index, group_size, batch.get("teacher_scores"), step=self.global_step,
                             sources=sources)
+
+    def layerwise_loss(self, batch: Mapping[str, Any]) -> LossOutput:
+        """teacher=layerwise: one encoder pass gives the final and the intermediate layers' representations; each
+        layer's heads are scored against the same candidates (gathered across ranks like the model's)."""
+        heads = dict(self.layer_heads) if len(self.layer_heads) else None
+        q, q_layers = layer_reps(self.model, batch["queries"]["input_ids"], batch["queries"]["attention_mask"],
+                                 self.layers, heads)
+        p, p_layers = layer_reps(self.model, batch["passages"]["input_ids"], batch["passages"]["attention_mask"],
+                                 self.layers, heads)
+        no_in_batch_neg = bool(batch.get("no_in_batch_neg", False))
+        scores, pos_index, group_size = self.compute_scores(q, p, no_in_batch_neg)
+        layer_scores = {k: self.compute_scores(q_layers[k], p_layers[k], no_in_batch_neg)[0] for k in self.layers}
+        return self.loss_fn(scores, pos_index, group_size, batch.get("teacher_scores"), step=self.global_step,
+                            layer_scores=layer_scores)
 
     def view_scores(self, batch: Mapping[str, Any], no_in_batch_neg: bool) -> dict[str, torch.Tensor]:
         """(B, N) scores per head of a second view of the batch (``teacher=views``), by the model itself; with
@@ -256,7 +284,8 @@ class M3LightningModule(L.LightningModule):
                 "colbert_dim": int(self.model.colbert_head.linear.out_features),
                 "pooling": self.model.head_config.pooling,
                 "learned_teacher_weights": any(p.requires_grad for p in self.loss_fn.parameters()),
-                "ema_teacher": self.ema is not None, "snapshot_teacher": self.snapshot is not None}
+                "ema_teacher": self.ema is not None, "snapshot_teacher": self.snapshot is not None,
+                "layer_heads": sorted(self.layer_heads)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adds every rank's RNG states, the model signature and the skip counters (a collective: all ranks)."""
@@ -325,7 +354,8 @@ class M3LightningModule(L.LightningModule):
                 p.grad = None
         elif is_sharded(self.model):
             # FSDP reduces the model's gradients; the learned teacher weights are plain replicated parameters
-            average_replicated_grads(p for p in self.loss_fn.parameters() if p.requires_grad)
+            average_replicated_grads(p for p in [*self.loss_fn.parameters(), *self.layer_heads.parameters()]
+                                     if p.requires_grad)
         self.log("train/lr", optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ sharding
@@ -359,6 +389,10 @@ class M3LightningModule(L.LightningModule):
             groups += [{"params": decay, "weight_decay": self.optim["weight_decay"], "lr": part_lr, "name": part},
                        {"params": no_decay, "weight_decay": 0.0, "lr": part_lr, "name": f"{part}/no_decay"}]
         groups = [g for g in groups if g["params"]]
+        if len(self.layer_heads):
+            layer_params = [p for p in self.layer_heads.parameters() if p.requires_grad]
+            groups.append({"params": layer_params, "weight_decay": self.optim["weight_decay"], "lr": lr,
+                           "name": "layer_heads"})
         teacher_params = [p for p in self.loss_fn.parameters() if p.requires_grad]
         if teacher_params:
             groups.append({"params": teacher_params, "weight_decay": 0.0, "name": "teacher",

@@ -102,7 +102,8 @@ def test_every_scheme_composes_and_trains_a_step(scheme, tmp_path):
                         "external_self": "MixedTeacher", "external": "ExternalTeacher",
                         "weighted_scored": "WeightedTeacher", "ema": "EmaTeacher",
                         "views_token_drop": "ViewsTeacher", "views_mask": "ViewsTeacher",
-                        "mix_ensemble_ema": "MixTeacher", "snapshot": "SnapshotTeacher"}[scheme]
+                        "mix_ensemble_ema": "MixTeacher", "snapshot": "SnapshotTeacher",
+                        "layerwise": "LayerwiseTeacher"}[scheme]
     assert config["teacher"]["_target_"].endswith(expected_teacher)
     assert config["loss"]["self_distill"] is (scheme != "no_self_distill")
     scored = scheme in ("external", "weighted_scored")

@@ -98,11 +98,25 @@ def run(cfg: DictConfig) -> float | None:
                 if note:
                     print(f"note: {note}", flush=True)
                 log_export(trainer, path)  # W&B model artifact (callbacks.tracking.export_artifact)
+                for layers in cfg.get("export_layers") or []:
+                    print(f"exported: {export_truncated(module, int(layers), export_dir, state)}", flush=True)
         objective = cfg.get("objective")
         value = trainer.callback_metrics.get(objective) if objective else None
         return None if value is None else float(value)
     finally:
         finish_loggers(trainer)
+
+
+def export_truncated(module: M3LightningModule, layers: int, export_dir: str, state: Any) -> str:
+    """``<export_dir>-L<k>``: the first ``layers`` encoder blocks with the heads trained on that layer
+    (``teacher=layerwise`` with heads of their own; else the model's heads)."""
+    from ..model.layerwise import truncated_model
+
+    if state is not None:
+        raise ValueError("export_layers: not with a sharded (FSDP) model; export the full model and truncate it with "
+                         "m3lit.model.layerwise.truncated_model")
+    head_set = module.layer_heads[str(layers)] if str(layers) in module.layer_heads else None
+    return export_bge_m3(truncated_model(module.model, layers, head_set), module.tokenizer, f"{export_dir}-L{layers}")
 
 
 def finish_loggers(trainer: L.Trainer) -> None:

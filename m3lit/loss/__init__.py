@@ -6,6 +6,7 @@ from .teacher import (
     EmaSettings,
     EmaTeacher,
     ExternalTeacher,
+    LayerwiseTeacher,
     LearnedTeacher,
     MixedTeacher,
     MixTeacher,
@@ -17,5 +18,5 @@ from .teacher import (
 )
 
 __all__ = ["KD_LOSSES", "kl_div_kd_loss", "m3_kd_loss", "soft_cross_entropy", "group_scores", "group_to_row",
-           "infonce", "LossOutput", "M3Loss", "EmaSettings", "EmaTeacher", "ExternalTeacher", "MixTeacher", "SnapshotTeacher", "LearnedTeacher", "MixedTeacher",
+           "infonce", "LossOutput", "M3Loss", "EmaSettings", "EmaTeacher", "ExternalTeacher", "MixTeacher", "SnapshotTeacher", "LayerwiseTeacher", "LearnedTeacher", "MixedTeacher",
            "TeacherAggregator", "UniformTeacher", "ViewsTeacher", "WeightedTeacher"]

@@ -100,10 +100,12 @@ class M3Loss(nn.Module):
         teacher_scores: torch.Tensor | None = None,
         step: int = 0,
         sources: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        layer_scores: Mapping[int, Mapping[str, torch.Tensor]] | None = None,
     ) -> LossOutput:
         """scores: head -> (B, N) raw scores; pos_index (B,) column of each query's positive (its group follows);
         teacher_scores: (B, G) external scores or None; sources: other scorers' raw (B, N) scores per head, by name
-        (``"ema"``), for the teacher's targets (no gradient)."""
+        (``"ema"``), for the teacher's targets (no gradient); layer_scores: {layer: head -> (B, N) raw scores} of the
+        heads on intermediate layers (``teacher=layerwise``, with gradient)."""
         scaled = {h: s.float() / self.temperature for h, s in scores.items()}
         heads = list(scaled)
         external = None
@@ -125,7 +127,8 @@ class M3Loss(nn.Module):
             hard_loss = head_losses[heads[0]]
 
         if not self.distill_active(step, len(heads)):
-            return LossOutput(loss=hard_loss, head_losses=head_losses, hard=hard_loss)
+            out = LossOutput(loss=hard_loss, head_losses=head_losses, hard=hard_loss)
+            return self._with_layers(out, None, layer_scores, pos_index)
         external_row = None if external is None else group_to_row(external, pos_index, ensemble.shape[1])
         scaled_sources = {name: {h: s.detach().float() / self.temperature for h, s in per.items() if h in scaled}
                           for name, per in (sources or {}).items()}
@@ -137,8 +140,34 @@ class M3Loss(nn.Module):
             own = self.teacher.self_targets(ensemble)
             back = sum(self.distill_head_weights[h] * soft_cross_entropy(own, second[h]) for h in heads) / len(heads)
             distill = (distill + back) / 2
-        return LossOutput(loss=self.hard_weight * hard_loss + self.distill_weight * distill, head_losses=head_losses,
-                          hard=hard_loss, distill=distill, diagnostics=kd_diagnostics(targets, scaled, pos_index))
+        out = LossOutput(loss=self.hard_weight * hard_loss + self.distill_weight * distill, head_losses=head_losses,
+                         hard=hard_loss, distill=distill, diagnostics=kd_diagnostics(targets, scaled, pos_index))
+        return self._with_layers(out, targets, layer_scores, pos_index)
+
+    def _with_layers(self, out: LossOutput, targets: torch.Tensor | None,
+                     layer_scores: Mapping[int, Mapping[str, torch.Tensor]] | None,
+                     pos_index: torch.Tensor) -> LossOutput:
+        """``teacher=layerwise``: + weight · mean over layers of the layer's heads learning the final ensemble's
+        targets (when distillation is on) and, with ``hard_labels``, the labels (module docstring of the teacher)."""
+        if not layer_scores:
+            return out
+        teacher = self.teacher
+        terms = []
+        for layer, per_head in sorted(layer_scores.items()):
+            scaled = {h: s.float() / self.temperature for h, s in per_head.items()}
+            parts = []
+            if targets is not None:
+                parts.append(sum(self.distill_head_weights[h] * soft_cross_entropy(targets, v)
+                                 for h, v in scaled.items()) / len(scaled))
+            if getattr(teacher, "hard_labels", False):
+                parts.append(sum(self.head_weights[h] * infonce(v, pos_index) for h, v in scaled.items()) / len(scaled))
+            if parts:
+                term = sum(parts)
+                out.head_losses[f"layer{layer}"] = term
+                terms.append(term)
+        if terms:
+            out.loss = out.loss + getattr(teacher, "layer_weight", 1.0) * sum(terms) / len(terms)
+        return out
 
 
 @torch.no_grad()

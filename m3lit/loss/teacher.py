@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -325,3 +325,22 @@ class SnapshotTeacher(TeacherAggregator):
         if sources and "snapshot" in sources:  # group scores on the row, MASKED_SCORE elsewhere: 0 weight there
             return torch.softmax(self.ensemble(sources["snapshot"]).detach(), dim=-1)
         return self.self_targets(ensemble)
+
+
+class LayerwiseTeacher(TeacherAggregator):
+    """Deeper layers teach earlier ones: heads on the intermediate ``layers`` (the model's own heads, or with
+    ``shared_heads=false`` sparse / multi-vector heads of their own per layer) learn the final layer's ensemble
+    distribution p = softmax(Σ_h w_h s_h) (no gradient through p), and with ``hard_labels`` the labels too:
+    L_layers = mean_k [Σ_h λ'_h CE(p, s^(k)_h) (+ Σ_h λ_h InfoNCE(s^(k)_h))] / n_heads, added to the M3 loss with
+    ``weight``. The final layer distils from its own ensemble as ``weighted``. ``m3lit-train export_layers=[k]``
+    writes the first k layers with their heads as a model of its own."""
+
+    def __init__(self, layers: Sequence[int] = (3,), shared_heads: bool = True, hard_labels: bool = False,
+                 weight: float = 1.0, weights: Mapping[str, float] | None = None, use_data_scores: bool = False):
+        super().__init__(weights, use_data_scores)
+        if not layers:
+            raise ValueError("teacher.layers: name at least one intermediate layer")
+        if weight < 0:
+            raise ValueError(f"teacher.weight={weight}: must be ≥ 0")
+        self.layers = sorted({int(k) for k in layers})
+        self.shared_heads, self.hard_labels, self.layer_weight = bool(shared_heads), bool(hard_labels), float(weight)

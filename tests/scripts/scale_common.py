@@ -12,7 +12,15 @@ if str(ROOT) not in sys.path:  # scripts run as files, from any directory
     sys.path.insert(0, str(ROOT))
 
 from m3lit.inference.embedder import load_tokenizer
-from m3lit.loss import EmaTeacher, LearnedTeacher, M3Loss, SnapshotTeacher, ViewsTeacher, WeightedTeacher
+from m3lit.loss import (
+    EmaTeacher,
+    LayerwiseTeacher,
+    LearnedTeacher,
+    M3Loss,
+    SnapshotTeacher,
+    ViewsTeacher,
+    WeightedTeacher,
+)
 from m3lit.model import build_m3_model
 from m3lit.module import M3LightningModule
 
@@ -21,7 +29,7 @@ TINY_M3 = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_m3")
 
 def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = True, heads=None, hidden: int = 16,
                 layers: int = 2, attn: str = "sdpa", model_type: str = "xlm-roberta", use_data_scores: bool = True,
-                ema: bool = False, views: dict | None = None, snapshot: bool = False,
+                ema: bool = False, views: dict | None = None, snapshot: bool = False, layerwise: dict | None = None,
                 **train_step) -> M3LightningModule:
     """A 2-layer, hidden-16 M3 module (all heads, self-distillation, learned teacher weights by default when there
     are two heads or more; the teacher uses batches' teacher scores). ``ema``: teacher=ema (decay 0.5) whose copy is
@@ -42,6 +50,8 @@ def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = Tru
         teacher = ViewsTeacher(use_data_scores=use_data_scores, **views)
     if snapshot:  # teacher=snapshot, a first snapshot taken and moved off the model by seeded noise
         teacher = SnapshotTeacher(use_data_scores=use_data_scores)
+    if layerwise is not None:  # teacher=layerwise with these options
+        teacher = LayerwiseTeacher(use_data_scores=use_data_scores, **layerwise)
     loss = M3Loss(teacher=teacher, self_distill=True)
     module = M3LightningModule(model, loss, tok, **train_step)
     copies = ([module.ema.copy] if ema else []) + ([module.snapshot.copy] if snapshot else [])
