@@ -177,6 +177,11 @@ class M3LightningModule(L.LightningModule):
         group = batch["passages"]["input_ids"].shape[0] // batch["queries"]["input_ids"].shape[0]
         keys = self.snapshot.keys(batch.get("meta"), batch["passages"], group)
         values = self.snapshot.lookup(keys)
+        if is_sharded(self.snapshot.copy) and torch.distributed.is_initialized():
+            # a sharded copy's forward is a collective: when one rank misses its cache, every rank runs it
+            missing = torch.tensor(float(values is None), device=pos_index.device)
+            torch.distributed.all_reduce(missing, op=torch.distributed.ReduceOp.MAX)
+            values = None if missing.item() else values
         if values is None:
             options = self.train_step_options.encoding
             q = encode_batch(self.snapshot.copy, batch["queries"]["input_ids"], batch["queries"]["attention_mask"],
