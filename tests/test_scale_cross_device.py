@@ -22,7 +22,7 @@ def test_ranks_pad_to_their_own_length(results):
     assert results["lengths"] == [20, 11]
 
 
-@pytest.mark.parametrize("case", ["all", "mixed", "lightning", "ema", "views", "snapshot"])
+@pytest.mark.parametrize("case", ["all", "mixed", "lightning", "ema", "views", "snapshot", "layerwise"])
 def test_loss_and_every_gradient_equal_one_process(results, case):
     r = results[case]
     assert r["loss"] == pytest.approx(r["ref_loss"], abs=TOL)
@@ -33,6 +33,7 @@ def test_every_parameter_is_compared(results):
     assert results["all"]["n_params"] == results["mixed"]["n_params"] > 40  # encoder, heads, teacher weights
     # the EMA copy has no gradients; the learned teacher's weights and temperature (2 tensors) are not there
     assert results["ema"]["n_params"] == results["all"]["n_params"] - 2
+    assert results["layerwise"]["n_params"] == results["ema"]["n_params"] + 4  # layer 1's sparse + colbert heads
 
 
 def test_gather_without_gradient_gets_the_gradients_wrong(results):

@@ -58,3 +58,9 @@ def test_ema_teacher_copy_is_sharded_scores_through_fsdp_and_follows_its_formula
     assert results["ema_sharded"] == results["ema_params"] == results["n_params"]
     assert results["ema_first_step_grad_diff_vs_one_process"] < 1e-5
     assert results["ema_vs_formula"] < 1e-6
+
+
+def test_snapshot_and_layerwise_teachers_under_fsdp_equal_one_process(results):
+    diffs = results["other_teachers_first_step_grad_diff"]
+    assert diffs["snapshot"][0] < 1e-5 and diffs["layerwise"][0] < 1e-5
+    assert diffs["layerwise"][1] == diffs["snapshot"][1] + 4  # + layer 1's own sparse and colbert heads

@@ -60,10 +60,23 @@ def heads_on(model: M3Model, hidden: torch.Tensor, input_ids: torch.Tensor, atte
 def layer_reps(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layers: Sequence[int],
                head_sets: Mapping[str, HeadSet] | None = None) -> tuple[M3Reps, dict[int, M3Reps]]:
     """One encoder pass: the final representations and those of each layer in ``layers`` (its own heads from
-    ``head_sets[str(k)]`` when given, else the model's)."""
-    states = model.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                           return_dict=True).hidden_states
-    final = model.heads_from_hidden(states[-1], input_ids, attention_mask)
+    ``head_sets[str(k)]`` when given, else the model's). Block outputs are taken with forward hooks (the same under
+    FSDP2's wrapped blocks and whatever a transformers version does with ``output_hidden_states``)."""
+    blocks = encoder_blocks(model)
+    states: dict[int, torch.Tensor] = {}
+
+    def keep(k: int):
+        def hook(module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+            states[k] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    handles = [blocks[k - 1].register_forward_hook(keep(k)) for k in layers]
+    try:
+        hidden = model.hidden_states(input_ids, attention_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    final = model.heads_from_hidden(hidden, input_ids, attention_mask)
     return final, {k: heads_on(model, states[k], input_ids, attention_mask, (head_sets or {}).get(str(k)))
                    for k in layers}
 

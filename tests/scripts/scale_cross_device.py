@@ -47,11 +47,11 @@ def averaged(loss, g):
     return float(loss) / WORLD, out
 
 
-def reference(batch, local_heads=(), ema=False, views=None, snapshot=False):
+def reference(batch, local_heads=(), ema=False, views=None, snapshot=False, layerwise=None):
     """One process, whole batch; heads in ``local_heads`` only see candidates from the query's own rank."""
     from m3lit.scale.cross_device import MASKED_SCORE
 
-    module = tiny_module(cross_device=False, ema=ema, views=views, snapshot=snapshot)
+    module = tiny_module(cross_device=False, ema=ema, views=views, snapshot=snapshot, layerwise=layerwise)
     original = module.compute_scores
 
     def scores(q, p, no_in_batch_neg):
@@ -163,9 +163,11 @@ def worker(rank, port, out_path):
     cases["ema"] = ({h: True for h in HEADS}, ())
     cases["views"] = ({h: True for h in HEADS}, ())  # token_drop, symmetric: the second view with gradient
     cases["snapshot"] = ({h: True for h in HEADS}, ())  # group targets placed at each rank's column offset
+    cases["layerwise"] = ({h: True for h in HEADS}, ())  # layer 1's own heads, their candidates gathered too
     views = {"view": "token_drop", "rate": 0.3, "direction": "symmetric", "seed": 5}
     for name, (flags, local_heads) in cases.items():
-        extra = {"ema": name == "ema", "views": views if name == "views" else None, "snapshot": name == "snapshot"}
+        extra = {"ema": name == "ema", "views": views if name == "views" else None, "snapshot": name == "snapshot",
+                 "layerwise": {"layers": [1], "shared_heads": False} if name == "layerwise" else None}
         loss, g = averaged(*step(tiny_module(cross_device=flags, **extra), local))
         ref_loss, ref = reference(batch, local_heads, **extra)
         worst, param = max_grad_diff(ref, g)

@@ -116,6 +116,10 @@ def worker(rank, port, workdir):
 
     ema_sharded = sum(isinstance(p, DTensor) for p in module_f.ema.copy.parameters())
     ema_state = full_state_dict(module_f.ema.copy)  # collective
+    # teacher=snapshot (its copy sharded too) and teacher=layerwise (layer heads of their own, replicated)
+    _, _, _, probe_g, _ = fit(rank, port, local, 1, snapshot=True)
+    layerwise = {"layers": [1], "shared_heads": False}
+    _, _, _, probe_h, _ = fit(rank, port, local, 1, layerwise=layerwise)
     sizes = [None] * WORLD
     dist.all_gather_object(sizes, local_numel)
 
@@ -131,6 +135,13 @@ def worker(rank, port, workdir):
         ref_ema.forward_loss(global_batches[0]).loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in ref_ema.parameters() if p.grad is not None], CLIP)
         ema_grad_diff = max_grad_diff(grads(ref_ema), probe_f.grads)[0]
+        other_diffs = {}
+        for name, options, probe in (("snapshot", {"snapshot": True}, probe_g),
+                                     ("layerwise", {"layerwise": layerwise}, probe_h)):
+            ref_other = tiny_module(lr=LR, cross_device=False, **options)
+            ref_other.forward_loss(global_batches[0]).loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in ref_other.parameters() if p.grad is not None], CLIP)
+            other_diffs[name] = [max_grad_diff(grads(ref_other), probe.grads)[0], len(probe.grads)]
         expected = tiny_module(ema=True).ema.copy.state_dict()
         for step_state in probe_f.states[1:]:  # decay 0.5: θ'_t = ½ θ'_{t-1} + ½ θ_t
             expected = {k: 0.5 * expected[k] + 0.5 * step_state[k] for k in step_state}
@@ -152,6 +163,7 @@ def worker(rank, port, workdir):
             "global_step_after_resume": trainer_c.global_step,
             "ema_sharded": ema_sharded, "ema_params": len(list(module_f.ema.copy.parameters())),
             "ema_first_step_grad_diff_vs_one_process": ema_grad_diff,
+            "other_teachers_first_step_grad_diff": other_diffs,
             "ema_vs_formula": max(float((ema_state[k] - expected[k]).abs().max()) for k in expected
                                   if expected[k].is_floating_point()),
             "bf16_hidden_dtype": probe_d.dtypes.get("hidden"),
