@@ -6,8 +6,10 @@ One LightningModule per teacher (hidden 384, 6 layers, dropout 0.1, all heads; t
 × group 4, queries 32 / passages 90 tokens), a full training step each (forward, the teacher's extra scoring,
 M3 loss, backward, AdamW). Printed per teacher: median step seconds over ``--steps`` timed steps after one
 warm-up, the ratio to ``weighted`` (the M3 ensemble, no extra pass), and the teacher's extra weights (the EMA
-copy) in MiB. Peak memory differences on CPU are small next to the allocator's noise; the EMA copy's weights
-are the memory a teacher adds that does not depend on the batch.
+copy, the snapshot, a layer's own heads) in MiB. Peak memory differences on CPU are small next to the
+allocator's noise; a copy's weights are the memory a teacher adds that does not depend on the batch. The
+snapshot's steps after the warm-up find every line in its cache (a line not seen since the last snapshot costs
+what ``ema`` does). Step times on a shared 2-core machine vary by ±20 % between runs: compare within one run.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ TEACHERS = {
     "views token_drop (symmetric)": dict(views={"view": "token_drop", "rate": 0.1}),
     "views mask (one way)": dict(views={"view": "mask", "rate": 0.15, "direction": "one_way"}),
     "views dropout (symmetric)": dict(views={"view": "dropout"}),
+    "snapshot (lines seen before)": dict(snapshot=True),
+    "layerwise (layer 3, own heads)": dict(layerwise={"layers": [3], "shared_heads": False}),
 }
 
 
@@ -41,6 +45,7 @@ def main() -> int:
     from scale_common import random_batch, tiny_module
 
     batch = random_batch(queries=8, group=4, q_len=32, p_len=90, seed=0)
+    batch["meta"] = {"dataset": "random", "rows": list(range(8))}  # lines a snapshot can cache
     base = None
     print(f"{'teacher':30s} {'s/step':>8s} {'× weighted':>11s} {'extra MiB':>10s}")
     for name, options in TEACHERS.items():
@@ -58,7 +63,9 @@ def main() -> int:
             times.append(time.perf_counter() - start)
         seconds = statistics.median(times[1:])
         base = base or seconds
-        extra = module.ema.memory_bytes() / 2 ** 20 if module.ema is not None else 0.0
+        copies = [c for c in (module.ema, module.snapshot) if c is not None]
+        extra = sum(p.numel() * p.element_size() for c in copies for p in c.copy.parameters()) / 2 ** 20
+        extra += sum(p.numel() * p.element_size() for p in module.layer_heads.parameters()) / 2 ** 20
         print(f"{name:30s} {seconds:8.3f} {seconds / base:11.2f} {extra:10.1f}", flush=True)
     return 0
 
