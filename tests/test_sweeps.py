@@ -262,7 +262,8 @@ def test_two_scheme_two_seed_multirun_ends_compared_with_statistics_in_wandb(tmp
     assert [r[:7] + r[11:12] + r[15:] for r in again] == [r[:7] + r[11:12] + r[15:] for r in first]
     assert [float(v or "nan") for r in again[1:] for v in r[7:11] + r[12:15]] == pytest.approx(
         [float(v or "nan") for r in first[1:] for v in r[7:11] + r[12:15]], abs=1e-5, nan_ok=True)
-    assert len(rows) == 1 + 2 * 5 * 3 * (1 + 2 + 1)  # labels × modes × metrics × (test average, en, de; dev average)
+    # labels × modes × metrics × (test average, en, de; dev average) + the sparse health (labels × zero_frac, nnz)
+    assert len(rows) == 1 + 2 * 5 * 3 * (1 + 2 + 1) + 2 * 2
     assert [r.run_id for r in local_runs(str(sweep_dir), "summary")] == [r.run_id for r in
                                                                           local_runs(str(sweep_dir), "wandb")]
 
@@ -313,7 +314,8 @@ def test_sweep_jobs_go_to_slurm_through_the_submitit_launcher(tmp_path, monkeypa
     launcher.launch(jobs, initial_job_idx=0)
 
     ((executor, fn, args),) = submitted
-    assert fn is launcher and [a[0] for a in args] == jobs and [a[2] for a in args] == list(range(len(SCHEMES)))
+    assert fn is launcher and [a[0] for a in args] == jobs and [a[2] for a in args] == list(range(len(jobs)))
+    assert len(jobs) == 8  # the teacher_weighting schemes
     script = executor._executor._make_submission_file_text("m3lit-train-job", "uid")
     for line in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --ntasks-per-node=1",
                  "#SBATCH --nodes=1", "#SBATCH --signal=USR1@180", "#SBATCH --time=60", "#SBATCH --requeue"):

@@ -61,7 +61,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "averaged (mean±std); '' to keep them apart (default: seed)")
     parser.add_argument("--baseline", default=None,
                         help="label the others are tested against; comma-separated: the first one present in each "
-                             "table (e.g. weighted,weighted_scored); default: the first label of each table")
+                             "table (e.g. weighted,weighted_scored); a table with none of them, and the default, "
+                             "use their first label")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level after Holm's correction")
     parser.add_argument("--samples", type=int, default=10000,
                         help="random sign vectors of the paired randomisation test (exact below 17 queries)")
@@ -210,10 +211,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = [run for target in args.targets for run in collect_runs(target, args.source)]
         average_over = [k for k in args.average_over.split(",") if k]
         labels = run_labels(runs, args.by, average_over)
-        missing = [b for b in (args.baseline or "").split(",") if b and b not in labels]
-        if missing:
-            raise ValueError(f"--baseline {args.baseline}: {missing} not among the run labels "
-                             f"{list(dict.fromkeys(labels))}")
+        wanted = [b for b in (args.baseline or "").split(",") if b]
+        if wanted and not any(b in labels for b in wanted):
+            raise ValueError(f"--baseline {args.baseline}: not among the run labels {list(dict.fromkeys(labels))}")
         metrics = [m.strip() for m in args.metrics.split(",")] if args.metrics else None
         name = label_name(runs, args.by, average_over)
         groups = build_comparisons(runs, labels, args, metrics, name)
