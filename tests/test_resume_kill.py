@@ -74,7 +74,7 @@ def test_sigusr1_writes_a_checkpoint_and_sigterm_writes_one_and_stops(tmp_path):
                              "checkpoint.every_n_steps=0", f"hydra.run.dir={run}"], cwd=tmp_path, env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     last = run / "checkpoints" / "last.ckpt"
-    wait_for(run / "csv", proc)  # training has started
+    wait_for(run / "checkpoints", proc)  # the checkpoint callback is set up: its signal handlers are in place
     proc.send_signal(signal.SIGUSR1)
     wait_for(last, proc)
     first = os.readlink(last)

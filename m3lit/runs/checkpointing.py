@@ -111,6 +111,8 @@ class PeriodicCheckpoint(L.Callback):
                 self._previous_usr1 = signal.signal(signal.SIGUSR1, self._on_usr1)
             except ValueError:  # not the main thread
                 self._previous_usr1 = None
+        if stage == "fit" and trainer.is_global_zero:  # the folder exists once the handlers are in place
+            os.makedirs(self.directory(trainer), exist_ok=True)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if self._previous_usr1 is not None:
