@@ -64,7 +64,7 @@ def main() -> int:
         seconds = statistics.median(times[1:])
         base = base or seconds
         copies = [c for c in (module.ema, module.snapshot) if c is not None]
-        extra = sum(p.numel() * p.element_size() for c in copies for p in c.copy.parameters()) / 2 ** 20
+        extra = sum(c.memory_bytes() for c in copies) / 2 ** 20
         extra += sum(p.numel() * p.element_size() for p in module.layer_heads.parameters()) / 2 ** 20
         print(f"{name:30s} {seconds:8.3f} {seconds / base:11.2f} {extra:10.1f}", flush=True)
     return 0

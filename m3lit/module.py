@@ -15,6 +15,7 @@ from transformers import PreTrainedTokenizerBase
 from .inference.embedder import M3Embedder
 from .loss import LossOutput, M3Loss
 from .loss.ema_model import EmaModel
+from .loss.infonce import group_columns
 from .loss.snapshot import SnapshotModel
 from .loss.views import augment
 from .model import M3Model, M3Reps
@@ -183,30 +184,27 @@ class M3LightningModule(L.LightningModule):
             torch.distributed.all_reduce(missing, op=torch.distributed.ReduceOp.MAX)
             values = None if missing.item() else values
         if values is None:
-            options = self.train_step_options.encoding
-            q = encode_batch(self.snapshot.copy, batch["queries"]["input_ids"], batch["queries"]["attention_mask"],
-                             options)
-            p = encode_batch(self.snapshot.copy, batch["passages"]["input_ids"],
-                             batch["passages"]["attention_mask"], options)
-            per_head = score_candidates(q, p, heads, self.train_step_options.cross_device, True)[0]
+            per_head = self.compute_scores(*self._copy_reps(self.snapshot.copy, batch), True)[0]
             values = torch.stack([per_head[h] for h in heads], dim=1)  # (B, heads, G)
             self.snapshot.store(keys, values)
         values = values.to(pos_index.device)
-        columns = pos_index[:, None] + torch.arange(group, device=pos_index.device)
+        columns = group_columns(pos_index, group)
         out = {}
         for i, head in enumerate(heads):
             row = values.new_full((values.shape[0], candidates), MASKED_SCORE)
             out[head] = row.scatter(1, columns, values[:, i])
         return out
 
+    def _copy_reps(self, copy: M3Model, batch: Mapping[str, Any]) -> tuple[M3Reps, M3Reps]:
+        """Queries and passages encoded by a frozen copy (eval mode: plainly, with this run's packing)."""
+        options = self.train_step_options.encoding
+        return tuple(encode_batch(copy, batch[k]["input_ids"], batch[k]["attention_mask"], options)
+                     for k in ("queries", "passages"))
+
     @torch.no_grad()
     def ema_scores(self, batch: Mapping[str, Any], no_in_batch_neg: bool) -> dict[str, torch.Tensor]:
         """The momentum copy's (B, N) scores per head on the same batch and candidates (no gradient)."""
-        options = self.train_step_options.encoding
-        q = encode_batch(self.ema.copy, batch["queries"]["input_ids"], batch["queries"]["attention_mask"], options)
-        p = encode_batch(self.ema.copy, batch["passages"]["input_ids"], batch["passages"]["attention_mask"], options)
-        return score_candidates(q, p, self.model.active_heads, self.train_step_options.cross_device,
-                                no_in_batch_neg)[0]
+        return self.compute_scores(*self._copy_reps(self.ema.copy, batch), no_in_batch_neg)[0]
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         out = self.forward_loss(batch)

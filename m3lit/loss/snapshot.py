@@ -9,7 +9,6 @@ and the version, and read back on resume when both match (else it starts empty: 
 of the copy, never a different target — the copy itself is in the checkpoint)."""
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -19,37 +18,32 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from ..files import write_file_atomically
+from .ema_model import FrozenCopy
+
 log = logging.getLogger(__name__)
 
 
-class SnapshotModel(nn.Module):
+class SnapshotModel(FrozenCopy):
     """θ_s: the model as it was at the last snapshot (no gradient, eval mode), version 0 until the first one."""
 
     def __init__(self, model: nn.Module, every_n_steps: int | None = None):
-        super().__init__()
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"teacher.every_n_steps={every_n_steps}: expected ≥ 1 (or null: every epoch)")
-        self.copy = copy.deepcopy(model).requires_grad_(False).eval()
+        super().__init__(model)
         self.every_n_steps = every_n_steps
         self.version = 0
         self.cache: dict[str, torch.Tensor] = {}
         self.hits = 0
         self.misses = 0
 
-    def train(self, mode: bool = True) -> "SnapshotModel":
-        return super().train(False)
-
     @property
     def active(self) -> bool:
         return self.version > 0
 
-    @torch.no_grad()
     def take(self, model: nn.Module) -> None:
         """θ_s ← θ; a new version, the old version's cache dropped."""
-        for snap, current in zip(self.copy.parameters(), model.parameters()):
-            snap.copy_(current.detach())
-        for snap, current in zip(self.copy.buffers(), model.buffers()):
-            snap.copy_(current)
+        self.blend(model, 1.0)
         self.version += 1
         self.cache.clear()
 
@@ -84,11 +78,10 @@ class SnapshotModel(nn.Module):
 
     def save(self, path: str, fingerprint: Any) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
         keys = sorted(self.cache)
-        torch.save({"version": self.version, "fingerprint": _canonical(fingerprint), "keys": keys,
-                    "scores": torch.stack([self.cache[k] for k in keys]) if keys else torch.empty(0)}, tmp)
-        os.replace(tmp, path)
+        state = {"version": self.version, "fingerprint": _canonical(fingerprint), "keys": keys,
+                 "scores": torch.stack([self.cache[k] for k in keys]) if keys else torch.empty(0)}
+        write_file_atomically(path, lambda f: torch.save(state, f), binary=True)
 
     def load(self, path: str, fingerprint: Any) -> str:
         """Read the cache of ``path`` when its version and data fingerprint match; returns what happened."""

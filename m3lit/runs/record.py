@@ -36,6 +36,7 @@ class RunRecord:
     status: str = "unknown"
     folder: str | None = None                     # the run's output folder (per-query values, histories), if known
     job_type: str | None = None                   # W&B job type ("compare": a comparison, not a training run)
+    _files: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)  # read_json's, read once
 
     @property
     def hydra(self) -> dict[str, Any]:
@@ -56,7 +57,13 @@ class RunRecord:
         return int(num) if isinstance(num, (int, float)) else None
 
     def read_json(self, name: str) -> Any:
-        """``<folder>/<name>`` parsed (JSON, or JSON lines for ``*.jsonl``); None when absent or unreadable."""
+        """``<folder>/<name>`` parsed (JSON, or JSON lines for ``*.jsonl``); None when absent or unreadable. Each
+        file is read once per record (a comparison asks for the per-query values once per table)."""
+        if name not in self._files:
+            self._files[name] = self._read(name)
+        return self._files[name]
+
+    def _read(self, name: str) -> Any:
         if not self.folder:
             return None
         path = os.path.join(self.folder, name)
