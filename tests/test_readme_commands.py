@@ -39,7 +39,7 @@ def readme_lines() -> list[str]:
             if line and not line.startswith("#"):
                 lines.append(line)
     # commands quoted in the text
-    lines += [m for m in re.findall(r"`(m3lit-(?:train|encode|eval|compare) [^`]+)`", text) if "…" not in m
+    lines += [m for m in re.findall(r"`(m3lit-(?:train|encode|eval|compare|mine) [^`]+)`", text) if "…" not in m
               and "=abc" not in m and "temprature" not in m and "NAME" not in m]
     return list(dict.fromkeys(lines))
 
@@ -71,6 +71,7 @@ def substitute(line: str, ws: dict) -> list[str]:
     line = line.replace("MODEL_DIR", ws["export"]).replace("/models/bge-m3", str(TINY_M3))
     line = line.replace("[/data/mldr/,/data/msmarco.jsonl.gz]", f"[{assets}/train/de.jsonl,{assets}/train/en.jsonl]")
     line = line.replace("/data/miracl-dev", f"{assets}/dev").replace("outputs/…/checkpoints/last.ckpt", ws["best"])
+    line = line.replace("data=/data/train.jsonl", f"data={assets}/train/en.jsonl")
     line = line.replace("../shared/data", str(DATA)).replace("device=cuda", "device=cpu")
     line = line.replace("max_length=8192", "max_length=512")  # long documents: the same protocol, shorter
     args = shlex.split(line)

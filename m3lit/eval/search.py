@@ -98,7 +98,7 @@ def _dense_search_faiss(queries: np.ndarray, docs: np.ndarray, k: int) -> Rankin
 
 def sparse_search(queries: sp.csr_matrix, docs: sp.csr_matrix, k: int, query_chunk: int = 256) -> Ranking:
     """Top-k lexical matching scores by a sparse product; documents sharing no token are not returned."""
-    queries, docs = _same_width(queries, docs)
+    queries, docs = same_width(queries, docs)
     docs_t = docs.T.tocsc()
     indices = np.full((queries.shape[0], k), -1, dtype=np.int64)
     scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
@@ -191,7 +191,7 @@ def candidates_scores(head: str, queries: EncodedTexts, docs: EncodedTexts, cand
         for qs in range(0, len(safe), 64):
             out[qs:qs + 64] = np.einsum("qd,qcd->qc", queries.dense[qs:qs + 64], docs.dense[safe[qs:qs + 64]])
     elif head == "sparse":
-        q, d = _same_width(queries.sparse, docs.sparse)
+        q, d = same_width(queries.sparse, docs.sparse)
         out = np.zeros(candidates.shape, dtype=np.float32)
         for i in range(candidates.shape[0]):
             out[i] = (d[safe[i]] @ q[i].T).toarray().ravel()
@@ -234,7 +234,7 @@ def rerank(head: str, queries: EncodedTexts, docs: EncodedTexts, candidates: np.
     return sort_ranking(candidates, candidates_scores(head, queries, docs, candidates, device), k)
 
 
-def _same_width(a: sp.csr_matrix, b: sp.csr_matrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def same_width(a: sp.csr_matrix, b: sp.csr_matrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     width = max(a.shape[1], b.shape[1])
     if a.shape[1] != width:
         a = sp.csr_matrix((a.data, a.indices, a.indptr), shape=(a.shape[0], width))

@@ -1,0 +1,105 @@
+"""The texts negatives are mined from, and the text normalisation that recognises a positive in them.
+
+A corpus is a list of unique texts (the first occurrence of each normalised text is kept). By default it is every
+passage (``pos`` and ``neg``) of the training file being mined; ``corpus=`` takes a BEIR folder (its
+``corpus.jsonl``, ``title + text``) or a jsonl(.gz) file of ``{"text": ...}`` objects.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from typing import IO, Iterator
+
+from ..data.records import TrainRecord, parse_record
+from ..eval.beir import iter_jsonl, read_texts
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalise(text: str) -> str:
+    """NFKC, case-folded, whitespace collapsed: two texts equal under it are the same passage."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def shingles(text: str, n: int = 3) -> frozenset[str]:
+    """Character n-grams of the normalised text (language-independent: also for scripts without spaces)."""
+    t = normalise(text)
+    return frozenset(t[i:i + n] for i in range(max(len(t) - n + 1, 1)))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+@dataclass
+class MiningCorpus:
+    """Unique texts; ``index_of`` maps a normalised text to its position."""
+
+    texts: list[str] = field(default_factory=list)
+    index_of: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+
+    def add(self, text: str) -> int:
+        key = normalise(text)
+        found = self.index_of.get(key)
+        if found is None:
+            found = self.index_of[key] = len(self.texts)
+            self.texts.append(text)
+        return found
+
+    def find(self, text: str) -> int | None:
+        return self.index_of.get(normalise(text))
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+
+def open_text(path: str) -> IO[str]:
+    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
+
+
+def iter_training_lines(path: str) -> Iterator[tuple[int, str, TrainRecord]]:
+    """(line number, raw line, validated record) for every non-blank line of a FlagEmbedding jsonl(.gz) file;
+    a bad line raises ``BadLineError`` naming ``path:line`` and the field."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"data={path}: no such file")
+    with open_text(path) as f:
+        for line_no, raw in enumerate(f, 1):
+            if raw.strip():
+                yield line_no, raw, parse_record(raw, path, line_no)
+
+
+def corpus_from_training_file(path: str) -> MiningCorpus:
+    """Every ``pos`` and ``neg`` text of the training file, deduplicated."""
+    corpus = MiningCorpus(source=f"{path} (pos + neg)")
+    for _, _, record in iter_training_lines(path):
+        for text in (*record.pos, *record.neg):
+            corpus.add(text)
+    return corpus
+
+
+def load_corpus(path: str, field_name: str = "text") -> MiningCorpus:
+    """A BEIR folder (``corpus.jsonl[.gz]``, titles prepended) or a jsonl(.gz) file of objects holding
+    ``field_name``; errors name the file and line."""
+    corpus = MiningCorpus(source=path)
+    if os.path.isdir(path):
+        found = [os.path.join(path, n) for n in ("corpus.jsonl", "corpus.jsonl.gz")
+                 if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise FileNotFoundError(f"corpus={path}: a folder without corpus.jsonl (expected a BEIR dataset folder)")
+        for text in read_texts(found[0]).values():
+            corpus.add(text)
+    elif os.path.isfile(path):
+        for line_no, obj in iter_jsonl(path):
+            value = obj.get(field_name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{path}:{line_no}: field {field_name!r} missing, empty or not a string")
+            corpus.add(value)
+    else:
+        raise FileNotFoundError(f"corpus={path}: no such file or folder")
+    if not len(corpus):
+        raise ValueError(f"corpus={path}: no texts")
+    return corpus
