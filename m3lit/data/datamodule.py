@@ -37,6 +37,7 @@ from .lengths import LENGTH_MODES, tokenizer_fingerprint
 from .sampler import BatchPlan, BucketRows
 from .sources import DatasetOptions, resolve_datasets
 from .stream import EpochLoader, MicroBatchStream
+from .tables import HUB_PREFIX, source_stat
 
 log = logging.getLogger(__name__)
 DATA_CHANGE_ACTIONS = ("error", "restart")
@@ -256,8 +257,11 @@ class M3DataModule(L.LightningDataModule):
         for view in self._load_views():
             files = []
             for index in view.files:
-                st = os.stat(index.path)
-                files.append([os.path.abspath(index.path), int(st.st_size), int(st.st_mtime_ns), len(index)])
+                if index.path.startswith(HUB_PREFIX):  # a hub dataset: its fingerprint is in the index key
+                    files.append([index.path, 0, 0, len(index), index.key])
+                    continue
+                size, mtime = source_stat(index.path)
+                files.append([os.path.abspath(index.path), int(size), int(mtime), len(index)])
             datasets[view.name] = {"files": files, "options": dataclasses.asdict(view.spec.options)}
         batching = {"bucket_boundaries": list(self.table.boundaries), "batch_size": list(self.table.batch_size),
                     "token_budget": self.table.token_budget, "sampling_alpha": self.sampling_alpha,

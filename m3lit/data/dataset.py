@@ -124,8 +124,8 @@ def load_dataset(spec: DatasetSpec, tokenizer, *, cache_dir: str, length_mode: s
             if not skip_bad_lines:
                 line, fld, msg = bad[0]
                 raise BadLineError(path, line, fld, msg + f" ({n_bad} bad line(s) in this file; "
-                                   "set data.skip_bad_lines=true to skip them)")
-            examples = [str(BadLineError(path, *b)) for b in bad[:5]]
+                                   "set data.skip_bad_lines=true to skip them)", index.unit)
+            examples = [str(BadLineError(path, *b, unit=index.unit)) for b in bad[:5]]
             reports.append(BadLineReport(spec.name, path, n_bad, examples))
             log.warning("dataset '%s': skipped %d bad line(s) of %s, e.g. %s", spec.name, n_bad, path, examples[0])
         rows = np.flatnonzero(ok)

@@ -3,7 +3,8 @@
 The first pass parses and validates every line (errors name file, line and field) and stores, per valid line:
 byte start/length, 1-based line number, query hash (no query twice in one global batch), query length and the
 longest positive and longest negative in characters, number of positives and negatives, whether it carries teacher scores, its
-``language`` field. ``.gz`` files are decompressed once into the cache so that lines can be read by offset.
+``language`` field. ``.gz`` files are decompressed once into the cache so that lines can be read by offset, and
+table sources (parquet, arrow, saved ``datasets``, hub names: :mod:`m3lit.data.tables`) are written there as jsonl.
 The index is cached as ``<cache_dir>/index/<key>.npz``, keyed by path, size and modification time.
 Memory: about 45 bytes per line (1M lines ≈ 45 MB).
 """
@@ -22,6 +23,7 @@ import numpy as np
 
 from .errors import BadLineError, DataError
 from .records import TrainRecord, parse_record
+from .tables import is_table_source, source_key, write_jsonl
 
 INDEX_VERSION = 3  # 3: empty texts and non-finite scores are invalid
 MAX_REPORTED_BAD_LINES = 50
@@ -48,6 +50,7 @@ class FileIndex:
     languages: list[str]
     n_bad: int  # invalid lines (kept out of the arrays)
     bad_lines: list[tuple[int, str, str]]  # (line, field, message), the first MAX_REPORTED_BAD_LINES
+    unit: str = "line"  # how errors name a line: "line" (jsonl) or "row" (a table source: row = line - 1)
 
     def __len__(self) -> int:
         return int(self.start.shape[0])
@@ -58,6 +61,8 @@ def query_hash(query: str) -> int:
 
 
 def file_key(path: str) -> str:
+    if is_table_source(path):
+        return source_key(path, INDEX_VERSION)
     st = os.stat(path)
     ident = f"v{INDEX_VERSION}|{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
     return hashlib.sha1(ident.encode()).hexdigest()[:20]
@@ -118,11 +123,22 @@ def build_file_index(path: str, cache_dir: str) -> FileIndex:
     """Load the cached index of ``path`` or build (and cache) it."""
     key = file_key(path)
     index_path = os.path.join(cache_dir, "index", key + ".npz")
-    is_gz = path.endswith(".gz")
-    text_path = os.path.join(cache_dir, "index", key + ".jsonl") if is_gz else path
+    is_gz, is_table = path.endswith(".gz"), is_table_source(path)
+    text_path = os.path.join(cache_dir, "index", key + ".jsonl") if is_gz or is_table else path
     if os.path.exists(index_path) and os.path.exists(text_path):
         return _load(index_path, path, text_path, key)
-    if is_gz:
+    if is_table:
+        fd, tmp_text = _atomic_target(text_path)
+        try:
+            with os.fdopen(fd, "wb") as copy_to:
+                write_jsonl(path, copy_to)
+            with open(tmp_text, "rb") as stream:
+                cols = _scan(path, stream, None)
+            os.replace(tmp_text, text_path)
+        finally:
+            if os.path.exists(tmp_text):
+                os.remove(tmp_text)
+    elif is_gz:
         fd, tmp_text = _atomic_target(text_path)
         try:
             with os.fdopen(fd, "wb") as copy_to, gzip.open(path, "rb") as stream:
@@ -137,7 +153,8 @@ def build_file_index(path: str, cache_dir: str) -> FileIndex:
     else:
         with open(path, "rb") as stream:
             cols = _scan(path, stream, None)
-    meta = {"languages": cols.pop("languages"), "n_bad": cols.pop("n_bad"), "bad_lines": cols.pop("bad_lines")}
+    meta = {"languages": cols.pop("languages"), "n_bad": cols.pop("n_bad"), "bad_lines": cols.pop("bad_lines"),
+            "unit": "row" if is_table else "line"}
     fd, tmp = _atomic_target(index_path)
     with os.fdopen(fd, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **cols)
@@ -156,5 +173,5 @@ def _make(cols: dict, meta: dict, path: str, text_path: str, key: str) -> FileIn
     return FileIndex(
         path=path, text_path=text_path, key=key, **cols,
         languages=list(meta["languages"]), n_bad=int(meta["n_bad"]),
-        bad_lines=[tuple(b) for b in meta["bad_lines"]],
+        bad_lines=[tuple(b) for b in meta["bad_lines"]], unit=meta.get("unit", "line"),
     )

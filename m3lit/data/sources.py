@@ -13,8 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 
 from .errors import DataConfigError
+from .tables import HUB_PREFIX, TABLE_SUFFIXES, is_table_source, table_stem
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
+FOLDER_SUFFIXES = SUFFIXES + TABLE_SUFFIXES  # the files a folder entry takes
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,8 @@ class DatasetSpec:
 
 
 def file_stem(path: str) -> str:
+    if is_table_source(path):
+        return table_stem(path)
     base = os.path.basename(path.rstrip("/"))
     for suffix in SUFFIXES:
         if base.endswith(suffix):
@@ -74,17 +78,20 @@ def file_stem(path: str) -> str:
 
 
 def expand_path(pattern: str) -> list[str]:
-    """Files named by a file path, a folder (its jsonl(.gz) files, recursively) or a glob; sorted."""
+    """Files named by a file path, a folder (its jsonl(.gz), parquet and arrow files, recursively), a glob, a
+    saved ``datasets`` folder or a hub name (``hf://…``: each one source); sorted."""
     pattern = os.path.expanduser(str(pattern))
+    if pattern.startswith(HUB_PREFIX) or (os.path.isdir(pattern) and is_table_source(pattern)):
+        return [pattern]
     if os.path.isdir(pattern):
         found = [
             os.path.join(root, f)
             for root, _, names in os.walk(pattern)
             for f in names
-            if f.endswith(SUFFIXES)
+            if f.endswith(FOLDER_SUFFIXES)
         ]
         if not found:
-            raise DataConfigError(f"no .jsonl/.jsonl.gz file in folder '{pattern}'")
+            raise DataConfigError(f"no .jsonl/.jsonl.gz/.parquet/.arrow file in folder '{pattern}'")
         return sorted(found)
     if os.path.isfile(pattern):
         return [pattern]
@@ -124,9 +131,9 @@ def resolve_datasets(train, defaults: DatasetOptions) -> list[DatasetSpec]:
         else:
             path = str(entry)
             files = expand_path(path)
-            root = path if os.path.isdir(path) else None
+            root = path if os.path.isdir(path) and not is_table_source(path) else None
             for f in files:
-                name = os.path.relpath(f, root) if root else os.path.basename(f)
+                name = os.path.relpath(f, root) if root else f if f.startswith(HUB_PREFIX) else os.path.basename(f)
                 specs.append(DatasetSpec(file_stem(name), (f,), defaults))
     seen: dict[str, DatasetSpec] = {}
     for spec in specs:
