@@ -83,9 +83,13 @@ class M3LightningModule(L.LightningModule):
             if "snapshot" in loss.teacher.sources_needed else None  # teacher=snapshot
         self.layers: list[int] = []
         self.layer_heads = nn.ModuleDict()  # teacher=layerwise with heads of their own per layer
+        encoding = self.train_step_options.encoding
+        if encoding.packing == "auto":  # packed wherever it is exact; layerwise reads one padded pass
+            encoding.packing = not hasattr(loss.teacher, "layers")
+            log.info("train_step.encoding.packing=auto: %s", "on (unpadded encoding)" if encoding.packing else
+                     "off (teacher=layerwise reads the intermediate layers of one padded pass)")
         if hasattr(loss.teacher, "layers"):
             self.layers = check_layers(model, loss.teacher.layers)
-            encoding = self.train_step_options.encoding
             if encoding.mode != "plain" or encoding.packing:
                 raise ValueError("teacher=layerwise: needs train_step.encoding.mode=plain without packing (the "
                                  "intermediate layers come from one padded encoder pass)")

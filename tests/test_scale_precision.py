@@ -103,3 +103,30 @@ def test_skipping_under_the_limits_finishes(tmp_path):
     module, trainer, _ = fit([good[0], nan_batch(), good[1], nan_batch(), good[2]], tmp_path, max_steps=5,
                              nonfinite="skip", nonfinite_max_consecutive=2, nonfinite_max_total=3)
     assert trainer.global_step == 5 and module.skips.total == 2 and module.skips.consecutive == 0
+
+
+# ------------------------------------------------------------------ trainer.precision=auto, packing=auto
+def test_auto_precision_follows_the_hardware(tmp_path, monkeypatch):
+    from m3lit.scale.precision import auto_precision, cpu_flags, resolve_precision
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert {"avx2", "avx512_bf16"} <= cpu_flags(str(info)) and cpu_flags(str(tmp_path / "none")) == set()
+    assert auto_precision("cpu", {"avx2", "avx512f"})[0] == "32-true"
+    assert auto_precision("cpu", {"avx2", "avx512_bf16"}) == ("bf16-mixed", "CPU with native bf16 (avx512_bf16)")
+    assert auto_precision("cpu", {"amx_bf16"})[0] == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert auto_precision("gpu", set())[0] == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert auto_precision("gpu", set())[0] == "16-mixed"
+    assert resolve_precision("32-true", "cpu") == "32-true" and resolve_precision("bf16-mixed", "cpu") == "bf16-mixed"
+    expected = "bf16-mixed" if {"avx512_bf16", "amx_bf16"} & cpu_flags() else "32-true"  # this machine
+    assert resolve_precision("auto", "cpu") == expected
+
+
+def test_packing_auto_is_on_except_for_the_layerwise_teacher():
+    assert tiny_module(encoding={"packing": "auto"}).train_step_options.encoding.packing is True
+    module = tiny_module(encoding={"packing": "auto"}, layerwise={"layers": [1]})
+    assert module.train_step_options.encoding.packing is False
+    with pytest.raises(ValueError, match="packing='yes'"):
+        tiny_module(encoding={"packing": "yes"})

@@ -22,6 +22,7 @@ from ..module import M3LightningModule
 from ..runs.checkpointing import check_checkpoint_file
 from ..runs.tracking import attach_run_config, log_export
 from ..scale.nonfinite import NonFiniteLossError
+from ..scale.precision import resolve_precision
 from .config_types import check_plain_arguments
 from .errors import report_errors
 from .resolvers import CONFIG_PATH, register_resolvers
@@ -66,8 +67,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if cfg.get("logger"):
         logger = instantiate(cfg.logger)
     values = OmegaConf.to_container(cfg.trainer, resolve=True)
+    precision = values["precision"] = resolve_precision(values.get("precision"), values.get("accelerator", "auto"))
     check_plain_arguments(L.Trainer, values, "trainer")
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision)
     attach_run_config(trainer, cfg)  # the tracking callback logs the resolved config and writes the run summary
     return trainer
 

@@ -6,7 +6,8 @@
       sub_batch_size: int | null      # rows per sub-batch, whatever the length
       token_budget: int               # else rows = max(1, token_budget // padded_length)
       table: {max_length: rows} | null  # else the first entry whose max_length >= padded length (wins over both)
-      packing: bool                   # unpadded encoding (packed sequences)
+      packing: bool | "auto"          # unpadded encoding (packed sequences); auto: on unless a teacher needs
+                                      # the padded per-layer states (teacher=layerwise)
       pack_length: int | null         # tokens per packed row on sdpa/eager (null: the batch's padded length)
     nonfinite: stop | skip
 """
@@ -33,10 +34,12 @@ class EncodingOptions:
     sub_batch_size: int | None = None
     token_budget: int = 32768
     table: dict[int, int] | None = None
-    packing: bool = False
+    packing: bool | str = False
     pack_length: int | None = None
 
     def __post_init__(self) -> None:
+        if self.packing not in (True, False, "auto"):
+            raise ValueError(f"train_step.encoding.packing={self.packing!r}: expected true, false or auto")
         if self.mode not in ENCODING_MODES:
             raise ValueError(f"train_step.encoding.mode={self.mode!r}: expected one of {ENCODING_MODES}")
         if self.sub_batch_size is not None and int(self.sub_batch_size) < 1:
