@@ -55,6 +55,7 @@ def test_wheel_is_a_non_editable_install_with_its_configs(installed, tmp_path):
     venv = str(installed.parent)
     assert all(p.startswith(venv) for p in out), out  # the wheel's copy, not the checkout
     assert Path(out[1], "train.yaml").is_file() and Path(out[1], "model", "tiny.yaml").is_file()
+    assert Path(out[1], "mine", "mine.yaml").is_file()
     assert Path(out[2], "sweep", "teacher_weighting.yaml").is_file()
 
 
@@ -79,6 +80,12 @@ def test_train_eval_encode_from_the_wheel(installed, tmp_path):
     run_console("m3lit-encode", export, "texts.jsonl", "vectors.npz", cwd=work, bin_dir=installed)
     data = np.load(work / "vectors.npz")
     assert list(data["ids"]) == ["a", "b"] and data["dense"].shape[0] == 2
+
+    mined = run_console("m3lit-mine", f"model_path={export}", f"data={default_assets_path('train_dir')}/de.jsonl",
+                        "output=mined.jsonl", "negatives=3", cwd=work, bin_dir=installed)
+    assert "mined 400 lines" in mined.stdout
+    lines = [json.loads(line) for line in (work / "mined.jsonl").read_text().splitlines()]
+    assert len(lines) == 400 and all(len(line["neg"]) == 3 for line in lines)
 
 
 def test_user_config_dir_adds_groups(installed, tmp_path):
