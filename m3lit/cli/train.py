@@ -37,6 +37,13 @@ def build_module(cfg: DictConfig) -> M3LightningModule:
     if tokenizer_path is None:
         raise ValueError("model: set `path` (a model directory) or `tokenizer_path`")
     tokenizer = load_tokenizer(tokenizer_path)
+    samples = int(model_cfg.pop("sparse_init_samples", 1024))
+    if model_cfg.get("sparse_init") == "idf":  # fitted on the training passages (a fresh head only)
+        from ..data.sources import sample_passages
+
+        train = cfg.data.train
+        model_cfg["sparse_init_texts"] = sample_passages(
+            OmegaConf.to_container(train, resolve=True) if OmegaConf.is_config(train) else train, samples)
     model = build_m3_model(tokenizer, **model_cfg)
     loss = instantiate(cfg.loss, teacher=instantiate(cfg.teacher))
     train_step = OmegaConf.to_container(cfg.train_step, resolve=True) if cfg.get("train_step") else {}

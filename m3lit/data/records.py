@@ -6,10 +6,13 @@ Score lists, when given, must be finite numbers (JSON's NaN / Infinity are refus
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import os
 from dataclasses import dataclass
 from numbers import Real
+from typing import Iterator
 
 from .errors import BadLineError
 
@@ -107,3 +110,25 @@ def parse_record(raw: bytes | str, path: str, line: int) -> TrainRecord:
         language=_optional_str(obj, "language", path, line),
         type=_optional_str(obj, "type", path, line),
     )
+
+
+def iter_file_records(path: str) -> Iterator[tuple[int, str, TrainRecord]]:
+    """(line number, raw JSON line, validated record) of every non-blank line of a training source — jsonl(.gz), or a
+    table source (parquet, arrow, saved ``datasets``, ``hf://``; row i is line i + 1) — in order; a bad line raises
+    ``BadLineError`` naming the source and its line (row)."""
+    from .tables import is_table_source, iter_rows
+
+    if is_table_source(path):
+        for row_no, row in enumerate(iter_rows(path)):
+            raw = json.dumps(row, ensure_ascii=False, default=str)
+            try:
+                yield row_no + 1, raw, parse_record(raw, path, row_no + 1)
+            except BadLineError as err:
+                raise BadLineError(path, err.line, err.field, err.message, unit="row") from None
+        return
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    with (gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")) as f:
+        for line_no, raw in enumerate(f, 1):
+            if raw.strip():
+                yield line_no, raw, parse_record(raw, path, line_no)

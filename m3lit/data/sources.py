@@ -145,3 +145,21 @@ def resolve_datasets(train, defaults: DatasetOptions) -> list[DatasetSpec]:
         seen[spec.name] = spec
         spec.options.validate(spec.name)
     return specs
+
+
+def sample_passages(train, count: int) -> list[str]:
+    """Up to ``count`` passages (each line's ``pos`` then ``neg`` texts) from the first lines of every training file
+    named by ``train`` (a ``data.train`` value), an equal share from each."""
+    from .records import iter_file_records
+
+    files = [f for spec in resolve_datasets(train, DatasetOptions()) for f in spec.files]
+    share = max(1, count // len(files))
+    texts: list[str] = []
+    for path in files:
+        taken: list[str] = []
+        for _, _, record in iter_file_records(path):
+            taken += [*record.pos, *record.neg]
+            if len(taken) >= share:
+                break
+        texts += taken[:share]
+    return texts

@@ -6,14 +6,12 @@ passage (``pos`` and ``neg``) of the training file being mined; ``corpus=`` take
 """
 from __future__ import annotations
 
-import gzip
 import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
-from typing import IO, Iterator
 
-from ..data.records import TrainRecord, parse_record
+from ..data.records import iter_file_records
 from ..eval.beir import iter_jsonl, read_texts
 
 _SPACE = re.compile(r"\s+")
@@ -57,25 +55,10 @@ class MiningCorpus:
         return len(self.texts)
 
 
-def open_text(path: str) -> IO[str]:
-    return gzip.open(path, "rt", encoding="utf-8") if path.endswith(".gz") else open(path, encoding="utf-8")
-
-
-def iter_training_lines(path: str) -> Iterator[tuple[int, str, TrainRecord]]:
-    """(line number, raw line, validated record) for every non-blank line of a FlagEmbedding jsonl(.gz) file;
-    a bad line raises ``BadLineError`` naming ``path:line`` and the field."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"data={path}: no such file")
-    with open_text(path) as f:
-        for line_no, raw in enumerate(f, 1):
-            if raw.strip():
-                yield line_no, raw, parse_record(raw, path, line_no)
-
-
 def corpus_from_training_file(path: str) -> MiningCorpus:
     """Every ``pos`` and ``neg`` text of the training file, deduplicated."""
     corpus = MiningCorpus(source=f"{path} (pos + neg)")
-    for _, _, record in iter_training_lines(path):
+    for _, _, record in iter_file_records(path):
         for text in (*record.pos, *record.neg):
             corpus.add(text)
     return corpus

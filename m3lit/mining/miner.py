@@ -21,12 +21,13 @@ from typing import IO, Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from ..data.records import iter_file_records
 from ..eval.corpus_encoding import EncodedTexts, encode_texts
 from ..eval.hybrid import hybrid_search
 from ..eval.search import Ranking, dense_search, same_width, sparse_search
 from ..files import write_file_atomically
 from ..model.defaults import ENSEMBLE_WEIGHTS, HEADS
-from .corpus import MiningCorpus, corpus_from_training_file, iter_training_lines
+from .corpus import MiningCorpus, corpus_from_training_file
 from .selection import SelectionRules, select_negatives
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,7 @@ def ensemble_scores(embedder: Any, queries: Sequence[str], texts: Sequence[Seque
 
 def _chunks(path: str, size: int) -> Iterator[list[tuple[int, str, Any]]]:
     chunk = []
-    for item in iter_training_lines(path):
+    for item in iter_file_records(path):
         chunk.append(item)
         if len(chunk) == size:
             yield chunk

@@ -1,13 +1,15 @@
 """Build an M3Model from the ``model`` config group."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from .encoder import build_encoder
 from .m3 import HEADS, HeadConfig, M3Model, special_token_ids
+
+SPARSE_INITS = ("default", "uniform", "idf")
 
 
 def build_m3_model(
@@ -22,16 +24,19 @@ def build_m3_model(
     gradient_checkpointing: bool = False,
     sparse_init: str = "default",
     sparse_init_bias: float = 0.1,
+    sparse_init_texts: Sequence[str] | None = None,
     tokenizer_path: str | None = None,
 ) -> M3Model:
     """A model from ``path`` (HF encoder or BGE-M3 directory; BGE-M3 head weights are loaded when present) or,
     without a path, a randomly initialised encoder built from ``encoder_config`` with the tokenizer's vocabulary.
     ``sparse_init``: ``default`` (nn.Linear's) or ``uniform`` (weight 0, bias ``sparse_init_bias``: every token starts
-    with the same weight, i.e. plain lexical overlap — keeps the head of an encoder trained from scratch alive);
-    it applies to a freshly created sparse head, not to one loaded from a BGE-M3 directory.
+    with the same weight, i.e. plain lexical overlap — keeps the head of an encoder trained from scratch alive) or
+    ``idf`` (fitted to an IDF weighting of ``sparse_init_texts``, mean weight ``sparse_init_bias``:
+    :mod:`m3lit.model.sparse_init`); it applies to a freshly created sparse head, not to one loaded from a BGE-M3
+    directory.
     ``tokenizer_path`` is accepted (and ignored) so the whole ``model`` config group can be passed in."""
-    if sparse_init not in ("default", "uniform"):
-        raise ValueError(f"model.sparse_init={sparse_init!r}: expected 'default' or 'uniform'")
+    if sparse_init not in SPARSE_INITS:
+        raise ValueError(f"model.sparse_init={sparse_init!r}: expected one of {SPARSE_INITS}")
     head_config = HeadConfig(heads={h: bool((heads or {}).get(h, True)) for h in HEADS} if heads is not None
                              else {h: True for h in HEADS},
                              pooling=pooling, normalize=normalize, colbert_dim=colbert_dim)
@@ -63,6 +68,10 @@ def build_m3_model(
         with torch.no_grad():
             model.sparse_head.linear.weight.zero_()
             model.sparse_head.linear.bias.fill_(sparse_init_bias)
+    if sparse_init == "idf" and "sparse_linear.pt" not in loaded and model.head_config.heads["sparse"]:
+        from .sparse_init import fit_sparse_head_to_idf
+
+        fit_sparse_head_to_idf(model, tokenizer, list(sparse_init_texts or []), mean_weight=sparse_init_bias)
     if gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
