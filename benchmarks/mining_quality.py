@@ -69,7 +69,8 @@ def main() -> None:
     retrained = exported(run(train_command(model_path, mined, args.dev, args.steps, os.path.join(work, "mined"),
                                            ["callbacks.retrieval_eval.at_start=false"]), env, work))
     name = os.path.basename(os.path.normpath(args.dev))
-    results = {label: evaluate(path, args.dev, os.path.join(work, f"eval_{label}.json"), env, work)[name]
+    results = {label: evaluate(path, args.dev, os.path.join(work, f"eval_{label.split()[0].lower()}.json"), env,
+                               work)[name]
                for label, path in (("BM25 negatives", baseline), ("mined negatives", retrained))}
     bm25 = json.load(open(args.bm25)).get("debdesc", {}).get(name, {}).get("ndcg@10") \
         if os.path.isfile(args.bm25) else None
