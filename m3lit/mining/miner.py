@@ -24,7 +24,7 @@ import numpy as np
 from ..data.records import iter_file_records
 from ..eval.corpus_encoding import EncodedTexts, encode_texts
 from ..eval.hybrid import hybrid_search
-from ..eval.search import Ranking, dense_search, same_width, sparse_search
+from ..eval.search import Ranking, dense_search, same_width, sort_ranking, sparse_search
 from ..files import write_file_atomically
 from ..model.defaults import ENSEMBLE_WEIGHTS, HEADS
 from .corpus import MiningCorpus, corpus_from_training_file
@@ -113,8 +113,6 @@ class DenseIndex:
     def search(self, queries: np.ndarray, k: int) -> Ranking:
         if self.backend == "torch":
             return dense_search(queries, self.vectors, k)
-        from ..eval.search import sort_ranking
-
         scores, indices = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self.vectors)))
         return sort_ranking(indices.astype(np.int64), scores, k)
 
