@@ -14,6 +14,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("M3LIT_ASSETS", os.path.join(tempfile.gettempdir(), "m3lit-test-assets"))
 
 FIXTURES = Path(__file__).parent / "fixtures"
+# Texts the interoperability tests encode with m3lit and another library: Latin, German, Japanese, two tokens, and one
+# longer than the tests' max_length (truncated by both sides).
+INTEROP_TEXTS = [
+    "what is the capital of france",
+    "Paris ist die Hauptstadt Frankreichs und hat viele Museen.",
+    "東京は日本の首都です",
+    "a b",
+    " ".join(["long document about retrieval heads"] * 40),
+]
 TINY_M3 = FIXTURES / "tiny_m3"
 
 

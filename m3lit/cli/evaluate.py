@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import report_errors
-from .resolvers import CONFIG_DIR, CONFIG_PATH
+from .resolvers import CONFIG_DIR, CONFIG_PATH, check_known_keys
 
 log = logging.getLogger("m3lit.cli.evaluate")
 
@@ -82,11 +82,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_keys(cfg: DictConfig) -> None:
-    """Reject keys that conf/eval.yaml does not define (also those added with Hydra's ``+key=``)."""
-    known = set(OmegaConf.load(os.path.join(CONFIG_DIR, "eval.yaml"))) - {"defaults"}
-    unknown = sorted(set(cfg) - known - {"hydra"})
-    if unknown:
-        raise ValueError(f"m3lit-eval: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    """Reject keys that m3lit-eval's config does not define (also those added with Hydra's ``+key=``)."""
+    check_known_keys(cfg, os.path.join(CONFIG_DIR, "eval.yaml"), "m3lit-eval")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="eval")

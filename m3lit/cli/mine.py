@@ -13,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import report_errors
-from .resolvers import CONFIG_PACKAGE, package_dir
+from .resolvers import CONFIG_PACKAGE, check_known_keys, package_dir
 
 # a config root of its own: in m3lit.conf, ``data=FILE`` would select the training ``data`` group
 MINE_CONFIG_PACKAGE = f"{CONFIG_PACKAGE}.mine"
@@ -68,10 +68,8 @@ def run(cfg: DictConfig):
 
 
 def check_keys(cfg: DictConfig) -> None:
-    known = set(OmegaConf.load(os.path.join(package_dir(MINE_CONFIG_PACKAGE), "mine.yaml"))) - {"defaults"}
-    unknown = sorted(set(cfg) - known - {"hydra"})
-    if unknown:
-        raise ValueError(f"m3lit-mine: unknown key(s) {unknown}; known keys: {sorted(known)}")
+    """Reject keys that m3lit-mine's config does not define (also those added with Hydra's ``+key=``)."""
+    check_known_keys(cfg, os.path.join(package_dir(MINE_CONFIG_PACKAGE), "mine.yaml"), "m3lit-mine")
 
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{MINE_CONFIG_PACKAGE}", config_name="mine")

@@ -77,3 +77,11 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("m3lit_assets", default_assets_path, replace=True)
     OmegaConf.register_new_resolver("m3lit_wandb_mode", wandb_mode, replace=True)
     OmegaConf.register_new_resolver("m3lit_data", data_path, replace=True)
+
+
+def check_known_keys(cfg, config_file: str, prog: str) -> None:
+    """Reject keys that ``config_file`` (a primary config) does not define, also those added with Hydra's ``+key=``."""
+    known = set(OmegaConf.load(config_file)) - {"defaults"}
+    unknown = sorted(set(cfg) - known - {"hydra"})
+    if unknown:
+        raise ValueError(f"{prog}: unknown key(s) {unknown}; known keys: {sorted(known)}")

@@ -116,11 +116,11 @@ def iter_file_records(path: str) -> Iterator[tuple[int, str, TrainRecord]]:
     """(line number, raw JSON line, validated record) of every non-blank line of a training source — jsonl(.gz), or a
     table source (parquet, arrow, saved ``datasets``, ``hf://``; row i is line i + 1) — in order; a bad line raises
     ``BadLineError`` naming the source and its line (row)."""
-    from .tables import is_table_source, iter_rows
+    from .tables import is_table_source, iter_rows, row_json
 
     if is_table_source(path):
         for row_no, row in enumerate(iter_rows(path)):
-            raw = json.dumps(row, ensure_ascii=False, default=str)
+            raw = row_json(row)
             try:
                 yield row_no + 1, raw, parse_record(raw, path, row_no + 1)
             except BadLineError as err:

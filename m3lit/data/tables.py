@@ -139,6 +139,11 @@ def _json_value(value: Any) -> Any:
     raise TypeError(f"a value of type {type(value).__name__} has no JSON form")
 
 
+def row_json(row: dict) -> str:
+    """A table row as one JSON line (numpy values as lists, dates as ISO strings)."""
+    return json.dumps(row, ensure_ascii=False, default=_json_value)
+
+
 def write_jsonl(path: str, out: IO[bytes]) -> int:
     """Write ``path``'s rows to ``out`` as jsonl lines (row i = line i + 1); returns the row count. A source that
     cannot be read raises a ``DataError`` naming it."""
@@ -146,7 +151,7 @@ def write_jsonl(path: str, out: IO[bytes]) -> int:
     try:
         for rows, row in enumerate(iter_rows(path), 1):
             try:
-                line = json.dumps(row, ensure_ascii=False, default=_json_value)
+                line = row_json(row)
             except (TypeError, ValueError) as err:
                 raise DataError(f"{path}: row {rows - 1}: {err}") from None
             out.write(line.encode("utf-8") + b"\n")

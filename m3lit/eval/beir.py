@@ -52,7 +52,7 @@ def _open_text(path: str) -> IO[str]:
     return open(path, encoding="utf-8")
 
 
-def _first_existing(folder: str, names: tuple[str, ...]) -> str | None:
+def first_existing(folder: str, names: tuple[str, ...]) -> str | None:
     for name in names:
         candidate = os.path.join(folder, name)
         if os.path.isfile(candidate):
@@ -143,7 +143,7 @@ def available_splits(folder: str) -> list[str]:
 
 
 def is_beir_dataset(folder: str) -> bool:
-    return _first_existing(folder, CORPUS_FILES) is not None
+    return first_existing(folder, CORPUS_FILES) is not None
 
 
 def find_beir_datasets(root: str) -> dict[str, str]:
@@ -179,8 +179,8 @@ def load_beir(folder: str, split: str = "test", name: str | None = None, use_tit
     folder = os.path.abspath(os.path.expanduser(folder))
     if not os.path.isdir(folder):
         raise FileNotFoundError(f"{folder}: no such directory")
-    corpus_path = _first_existing(folder, CORPUS_FILES)
-    queries_path = _first_existing(folder, QUERIES_FILES)
+    corpus_path = first_existing(folder, CORPUS_FILES)
+    queries_path = first_existing(folder, QUERIES_FILES)
     if corpus_path is None:
         raise FileNotFoundError(f"{folder}: missing {CORPUS_FILES[0]}")
     if queries_path is None:

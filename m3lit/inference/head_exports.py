@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from ..files import remove_path, replace_path
 from ..model.positions import usable_length
 from .model_folder import INCOMPLETE
+from .st_export import write_json
 
 M3LIT_REQUIREMENT = {"m3lit": {"specifier": "", "reason": "the lexical head is m3lit's M3SparsePooling module"}}
 # What PyLate 1.6 (ColBERT._load_sbert_model, Dense.load) reads from the folder.
@@ -111,13 +112,13 @@ def export_pylate(embedder: Any, directory: str, max_seq_length: int | None = No
     try:
         model.encoder.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _write_json(tmp, "modules.json", [
+        write_json(tmp, "modules.json", [
             {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
             {"idx": 1, "name": "1", "path": "1_Dense", "type": PYLATE_DENSE_TYPE},
         ])
-        _write_json(tmp, "sentence_bert_config.json", {"max_seq_length": length, "do_lower_case": False})
-        _write_json(tmp, "config_sentence_transformers.json", config)
-        _write_json(tmp, "1_Dense/config.json", {
+        write_json(tmp, "sentence_bert_config.json", {"max_seq_length": length, "do_lower_case": False})
+        write_json(tmp, "config_sentence_transformers.json", config)
+        write_json(tmp, "1_Dense/config.json", {
             "in_features": linear.in_features, "out_features": linear.out_features, "bias": bias is not None,
             "activation_function": "torch.nn.modules.linear.Identity", "use_residual": False})
         tensors = {"linear.weight": weight} | ({} if bias is None else {"linear.bias": bias})
@@ -188,15 +189,8 @@ def _save(model: Any, directory: str, requirements: dict | None = None) -> str:
             with open(path) as f:
                 config = json.load(f)
             config["requirements"] = requirements
-            _write_json(tmp, "config_sentence_transformers.json", config)
+            write_json(tmp, "config_sentence_transformers.json", config)
         replace_path(tmp, final)
     finally:
         remove_path(tmp)
     return final
-
-
-def _write_json(directory: str, name: str, obj: Any) -> None:
-    path = os.path.join(directory, name)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)

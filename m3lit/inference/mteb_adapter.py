@@ -23,13 +23,20 @@ import os
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from ..eval.beir import load_beir
 from ..eval.corpus_encoding import ColbertStore, EncodedTexts, encode_texts
 from ..eval.hybrid import DEFAULT_HYBRIDS, hybrid_search, hybrids_from_names
-from ..eval.search import Ranking, candidates_scores, colbert_search, dense_search, sort_ranking, sparse_search
+from ..eval.search import (
+    Ranking,
+    candidates_scores,
+    colbert_search,
+    dense_search,
+    same_width,
+    sort_ranking,
+    sparse_search,
+)
 from ..model.defaults import HEADS
 from .embedder import M3Embedder
 
@@ -249,9 +256,7 @@ class M3MTEBModel(_M3Base):
             q = torch.from_numpy(np.ascontiguousarray(queries.dense)).to(self.device)
             return (q @ torch.from_numpy(docs.dense).to(self.device).T).cpu().numpy()
         if head == "sparse":
-            q, d = queries.sparse, docs.sparse
-            width = max(q.shape[1], d.shape[1])  # the widest token id of either side
-            q, d = (sp.csr_matrix((m.data, m.indices, m.indptr), shape=(m.shape[0], width)) for m in (q, d))
+            q, d = same_width(queries.sparse, docs.sparse)
             return (q @ d.T).toarray().astype(np.float32)
         return colbert_search(queries.colbert, docs.colbert, 1, device=self.device, keep_table=True).table
 

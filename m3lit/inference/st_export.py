@@ -13,6 +13,14 @@ from typing import Any
 from ..model.positions import usable_length
 
 
+def write_json(directory: str, name: str, obj: Any) -> None:
+    """``obj`` as indented JSON in ``directory/name`` (sub-folders created)."""
+    path = os.path.join(directory, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
 def export_sentence_transformers(embedder: Any, directory: str, max_seq_length: int | None = None) -> str:
     """Write ``embedder`` (an ``M3Embedder``, or the path of a BGE-M3 directory) as a dense-only
     sentence-transformers model in ``directory``; returns its absolute path."""
@@ -34,21 +42,15 @@ def export_sentence_transformers(embedder: Any, directory: str, max_seq_length: 
     length = max_seq_length or usable_length(encoder.config, tokenizer)
     dim = encoder.config.hidden_size
 
-    def write(path: str, obj: Any) -> None:
-        full = os.path.join(directory, path)
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "w") as f:
-            json.dump(obj, f, indent=2)
-
-    write("modules.json", [
+    write_json(directory, "modules.json", [
         {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
         {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"},
     ])
-    write("sentence_bert_config.json", {"max_seq_length": length, "do_lower_case": False})
-    write("config_sentence_transformers.json", {"prompts": {}, "default_prompt_name": None,
+    write_json(directory, "sentence_bert_config.json", {"max_seq_length": length, "do_lower_case": False})
+    write_json(directory, "config_sentence_transformers.json", {"prompts": {}, "default_prompt_name": None,
                                                  "similarity_fn_name": "cosine"})
-    write("1_Pooling/config.json", {
+    write_json(directory, "1_Pooling/config.json", {
         "word_embedding_dimension": dim, "pooling_mode_cls_token": pooling == "cls",
         "pooling_mode_mean_tokens": pooling == "mean", "pooling_mode_max_tokens": False,
         "pooling_mode_mean_sqrt_len_tokens": False, "pooling_mode_weightedmean_tokens": False,

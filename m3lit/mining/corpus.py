@@ -12,7 +12,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from ..data.records import iter_file_records
-from ..eval.beir import iter_jsonl, read_texts
+from ..eval.beir import CORPUS_FILES, first_existing, iter_jsonl, read_texts
 
 _SPACE = re.compile(r"\s+")
 
@@ -69,11 +69,10 @@ def load_corpus(path: str, field_name: str = "text") -> MiningCorpus:
     ``field_name``; errors name the file and line."""
     corpus = MiningCorpus(source=path)
     if os.path.isdir(path):
-        found = [os.path.join(path, n) for n in ("corpus.jsonl", "corpus.jsonl.gz")
-                 if os.path.isfile(os.path.join(path, n))]
-        if not found:
+        found = first_existing(path, CORPUS_FILES)
+        if found is None:
             raise FileNotFoundError(f"corpus={path}: a folder without corpus.jsonl (expected a BEIR dataset folder)")
-        for text in read_texts(found[0]).values():
+        for text in read_texts(found).values():
             corpus.add(text)
     elif os.path.isfile(path):
         for line_no, obj in iter_jsonl(path):

@@ -227,10 +227,14 @@ def _mine_chunk(embedder: Any, chunk: list, corpus: MiningCorpus, docs: EncodedT
     queries = encode_texts(embedder, query_texts, heads, settings.query_max_length, settings.batch_size,
                            settings.max_tokens, desc="mining queries")
     pos_texts = [p for rec in records for p in rec.pos]
-    positives = encode_texts(embedder, pos_texts, heads, settings.passage_max_length, settings.batch_size,
-                             settings.max_tokens, desc="mining positives")
     pos_rows = np.repeat(np.arange(len(records)), [len(rec.pos) for rec in records])
-    pos_scores = pair_scores(weights, queries, positives, pos_rows, np.arange(len(pos_texts)))
+    in_corpus = [corpus.find(p) for p in pos_texts]
+    if all(j is not None for j in in_corpus):  # the default corpus holds every positive: its encodings serve
+        pos_scores = pair_scores(weights, queries, docs, pos_rows, np.array(in_corpus, dtype=np.int64))
+    else:
+        positives = encode_texts(embedder, pos_texts, heads, settings.passage_max_length, settings.batch_size,
+                                 settings.max_tokens, desc="mining positives")
+        pos_scores = pair_scores(weights, queries, positives, pos_rows, np.arange(len(pos_texts)))
     ranking = _search(queries, docs, dense_index, weights, rules.search_depth)
     chosen_texts = []
     first_pos = np.r_[0, np.cumsum([len(rec.pos) for rec in records])[:-1]]
@@ -238,7 +242,8 @@ def _mine_chunk(embedder: Any, chunk: list, corpus: MiningCorpus, docs: EncodedT
     for i, ((line_no, _, rec), pos_score) in enumerate(zip(chunk, lowest_pos_score)):
         rng = np.random.default_rng([settings.seed, line_no])
         selection = select_negatives(ranking.indices[i], ranking.scores[i],
-                                     [j for j in (corpus.find(p) for p in rec.pos) if j is not None],
+                                     [j for j in in_corpus[first_pos[i]:first_pos[i] + len(rec.pos)]
+                                      if j is not None],
                                      float(pos_score), rules, rng, corpus.texts.__getitem__, rec.pos, rec.query,
                                      len(corpus))
         for key, n in selection.removed.items():
