@@ -1,7 +1,7 @@
 """Evaluation speed: a 10,000-document corpus and 500 queries (debdesc dev sets pooled), the small config
 (hidden 384, 6 layers, random init), every head and both hybrids, on CPU.
 
-    .venv/bin/python benchmarks/eval_speed.py [--docs 10000] [--queries 500] [--threads 2] [--colbert both]
+    .venv/bin/python benchmarks/eval_speed.py [--docs 10000] [--queries 500] [--threads 2] [--colbert both] [--no-packing]
 
 Prints the corpus size in tokens, encoding throughput, the time of each search mode, and the total.
 """
@@ -114,6 +114,8 @@ def main() -> None:
     parser.add_argument("--colbert", choices=["exhaustive", "rerank", "both"], default="both")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="model weights at inference (bfloat16: faster on CPUs with AVX512-BF16/AMX, not exact)")
+    parser.add_argument("--no-packing", action="store_true",
+                        help="encode padded batches (the default encodes them unpadded, as training does)")
     parser.add_argument("--work-dir", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -130,6 +132,7 @@ def main() -> None:
         train_unigram_tokenizer(list(dataset.corpus.values()) + list(dataset.queries.values()), tok_dir)
         print(f"tokenizer (Unigram, 32k) trained in {time.perf_counter() - start:.1f}s", flush=True)
     embedder = small_embedder(tok_dir)
+    embedder.packing = not args.no_packing
     embedder.model.to(getattr(torch, args.dtype))
     print(f"corpus {len(dataset.corpus)} docs, {len(dataset.queries)} queries; small config ({args.dtype}), "
           f"{torch.get_num_threads()} threads; max_length {args.max_length}, max_tokens {args.max_tokens}")

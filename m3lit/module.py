@@ -25,6 +25,7 @@ from .scale.cross_device import MASKED_SCORE, score_candidates
 from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
 from .scale.nonfinite import NonFiniteLossError, SkipCounter, all_finite, describe
 from .scale.options import TrainStepOptions
+from .scale.packing import computed_tokens, one_row
 from .scale.split_batch import enable_layer_checkpointing
 from .scale.step_encoding import encode_batch
 
@@ -70,6 +71,7 @@ class M3LightningModule(L.LightningModule):
                           head_lr=_head_lr(head_lr))
         self._step_started: float | None = None
         self._step_tokens: tuple[int, int] | None = None
+        self._last_batch_end: float | None = None
         self.train_step_options = TrainStepOptions.from_config(cross_device, encoding, nonfinite)
         if self.train_step_options.encoding.mode == "split_batch":
             enable_layer_checkpointing(self.model)
@@ -249,15 +251,19 @@ class M3LightningModule(L.LightningModule):
 
     def _log_batch_stats(self, batch: Mapping[str, Any], batch_size: int) -> None:
         """Token and padding statistics of the batch: the data module's (``meta``), counted here only for batches
-        that come without them."""
+        that come without them; ``batch/computed_tokens``: what the encoder computes (packed: no padding)."""
         meta = batch.get("meta") or {}
         if "real_tokens" in meta and "padded_tokens" in meta:
             real, padded = int(meta["real_tokens"]), int(meta["padded_tokens"])
         else:
             real = sum(int(batch[k]["attention_mask"].sum()) for k in ("queries", "passages"))
             padded = sum(batch[k]["attention_mask"].numel() for k in ("queries", "passages"))
+        encoding = self.train_step_options.encoding
+        single = one_row(self.model.encoder, encoding.pack_length)
+        computed = sum(computed_tokens(batch[k]["attention_mask"], True, encoding.pack_length, single)
+                       for k in ("queries", "passages")) if encoding.packing else padded
         stats = {"batch/real_tokens": float(real), "batch/padded_tokens": float(padded),
-                 "batch/padding_fraction": 1.0 - real / max(padded, 1)}
+                 "batch/padding_fraction": 1.0 - real / max(padded, 1), "batch/computed_tokens": float(computed)}
         if isinstance(meta.get("bucket"), (int, float)):
             stats["batch/bucket"] = float(meta["bucket"])
         self._step_tokens = (real, batch_size)
@@ -298,6 +304,7 @@ class M3LightningModule(L.LightningModule):
         """Adds every rank's RNG states, the model signature and the skip counters (a collective: all ranks)."""
         checkpoint["m3lit"] = {"rng": gather_rng_states(), "model": self.model_signature(),
                                "skips": self.skips.state_dict()}
+        self._last_batch_end = None  # nor the checkpoint
         if self.snapshot is not None:  # its weights are in the state dict; the per-line cache goes beside it
             folder = os.path.abspath(os.path.join(self.trainer.default_root_dir, "teacher_cache"))
             self.snapshot.save(os.path.join(folder, f"snapshot-rank{self.global_rank}.pt"), self._data_fingerprint())
@@ -332,12 +339,23 @@ class M3LightningModule(L.LightningModule):
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return datamodule.fingerprint() if hasattr(datamodule, "fingerprint") else None
 
+    def on_train_start(self) -> None:
+        self._last_batch_end = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        self._last_batch_end = None  # the next batch's perf/step_s would count the validation
+
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """Real (non-pad) tokens per second of the whole step: forward, backward and optimizer update."""
+        """``perf/tokens_per_s``: real (non-pad) tokens per second of forward, backward and optimizer update;
+        ``perf/step_s``: wall seconds since the previous batch ended (data loading included; callbacks at that
+        step's end too, e.g. a retrieval evaluation; not logged after a validation or a checkpoint)."""
+        now = time.perf_counter()
         if self._step_started is not None and self._step_tokens is not None:
             real, batch_size = self._step_tokens
-            elapsed = max(time.perf_counter() - self._step_started, 1e-9)
-            self.log("perf/tokens_per_s", real / elapsed, batch_size=batch_size)
+            self.log("perf/tokens_per_s", real / max(now - self._step_started, 1e-9), batch_size=batch_size)
+            if self._last_batch_end is not None:
+                self.log("perf/step_s", now - self._last_batch_end, batch_size=batch_size)
+        self._last_batch_end = now
         self._step_tokens = None
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:

@@ -144,3 +144,27 @@ def test_idf_init_fits_rare_tokens_above_frequent_ones(tiny_m3_dir, tmp_path):
     assert rho > 0.5, rho
     with pytest.raises(ValueError, match="no training passages"):
         build_m3_model(load_tokenizer(tiny_m3_dir), path=str(encoder_only), sparse_init="idf", sparse_init_texts=[])
+
+
+def test_sparse_scores_memory_follows_the_query_ids_not_the_passages():
+    """Long passages with thousands of distinct ids: the lexical vectors span only the queries' distinct ids (no
+    (Bp, distinct ids of all texts) tensor), with the full vectors' scores."""
+    from m3lit.model.scores import lexical_vectors
+
+    g = torch.Generator().manual_seed(1)
+    q_ids = torch.randint(4, 5000, (2, 6), generator=g)
+    p_ids = torch.randint(4, 5000, (3, 3000), generator=g)
+    p_ids[:, :6] = q_ids[0]  # some overlap to score
+    q_w = torch.rand(2, 6, generator=g, requires_grad=True)
+    p_w = torch.rand(3, 3000, generator=g, requires_grad=True)
+    sizes = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+        scores = sparse_scores(q_ids, q_w, p_ids, p_w)
+    q_unique = int(torch.unique(q_ids).numel())
+    all_unique = int(torch.unique(torch.cat([q_ids.reshape(-1), p_ids.reshape(-1)])).numel())
+    assert all_unique > 100 * q_unique
+    widest = max(n for n in sizes if n != p_w.numel() and n != p_ids.numel())
+    assert widest <= 3 * (q_unique + 1), (widest, q_unique)
+    q_vec, p_vec = lexical_vectors([q_ids, p_ids], [q_w, p_w])
+    torch.testing.assert_close(scores, q_vec @ p_vec.T, atol=1e-6, rtol=0)
+    assert scores[0].min() > 0

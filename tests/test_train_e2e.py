@@ -25,7 +25,9 @@ def test_default_training_improves_every_head_and_exports(tmp_path):
         assert after > before + 0.05, (head, before, after)
     train_rows = [r for r in csv.DictReader(open(metrics_file)) if r.get("train/loss/total")]
     assert {"train/loss/dense", "train/loss/sparse", "train/loss/colbert", "train/loss/ensemble",
-            "train/loss/distill", "teacher/w_sparse", "perf/tokens_per_s"} <= set(train_rows[0])
+            "train/loss/distill", "teacher/w_sparse", "perf/tokens_per_s", "perf/step_s"} <= set(train_rows[0])
+    step_seconds = [float(r["perf/step_s"]) for r in train_rows if r.get("perf/step_s")]
+    assert step_seconds and all(0 < s < 60 for s in step_seconds)
 
     out = M3Embedder.from_pretrained(exported[0]).encode(["a query", "ένα έγγραφο"])
     assert out["dense"].shape[0] == 2 and np.allclose(np.linalg.norm(out["dense"], axis=1), 1.0, atol=1e-5)

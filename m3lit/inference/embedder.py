@@ -11,6 +11,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from ..model import M3Model, M3Reps, special_token_ids
 from ..model.defaults import HEADS
 from ..model.scores import colbert_scores, dense_scores, sparse_scores
+from ..scale.packing import encode_rows, packed_hidden_states
 from .export import export_bge_m3
 from .model_folder import check_model_folder, check_tokenizer_folder
 
@@ -48,11 +49,16 @@ def colbert_score(q: np.ndarray, p: np.ndarray) -> float:
 
 
 class M3Embedder:
-    """Encoder + tokenizer for inference. Shares weights with a training module when built from its model."""
+    """Encoder + tokenizer for inference. Shares weights with a training module when built from its model.
 
-    def __init__(self, model: M3Model, tokenizer: PreTrainedTokenizerBase, device: str | torch.device | None = None):
+    ``packing`` (default on): each batch is encoded unpadded, as in training (``m3lit.scale.packing``: one row,
+    attention text by text), with the padded path's outputs."""
+
+    def __init__(self, model: M3Model, tokenizer: PreTrainedTokenizerBase, device: str | torch.device | None = None,
+                 packing: bool = True):
         self.model = model
         self.tokenizer = tokenizer
+        self.packing = packing
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if device is not None:
             self.model.to(self.device)
@@ -100,17 +106,19 @@ class M3Embedder:
         multi-vector rows of the inserted CLS tokens get mask 0."""
         ids = self.tokenize(texts, max_length, mcls_interval)
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        packing = self.packing and self.tokenizer.padding_side == "right"  # packing reads right-padded rows
         with eval_mode(self.model):
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 inputs = self._pad([ids[i] for i in chunk])
                 input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
                 if not mcls_interval:
-                    yield chunk, self.model(input_ids, mask, heads=heads)
+                    yield chunk, encode_rows(self.model, input_ids, mask, packing=packing, heads=heads)
                     continue
                 from .mcls import mcls_pool, mcls_token_mask
 
-                hidden = self.model.hidden_states(input_ids, mask)
+                hidden = (packed_hidden_states(self.model, input_ids, mask) if packing
+                          else self.model.hidden_states(input_ids, mask))
                 reps = self.model.heads_from_hidden(hidden, input_ids, mask, heads)
                 cls_id = self.tokenizer.cls_token_id
                 if reps.dense is not None:

@@ -28,15 +28,33 @@ def lexical_vectors(ids: list[torch.Tensor], weights: list[torch.Tensor]) -> lis
     for i, w in zip(ids, weights):
         index = inverse[start:start + i.numel()].view_as(i)
         start += i.numel()
-        zeros = w.new_zeros(i.shape[0], n_unique)
-        out.append(zeros.scatter_reduce(1, index, w, reduce="amax", include_self=True))
+        out.append(_max_per_column(index, w, n_unique))
     return out
+
+
+def _max_per_column(index: torch.Tensor, weights: torch.Tensor, columns: int) -> torch.Tensor:
+    """(B, columns) with v[b, c] = max(0, max_i { w[b, i] : index[b, i] = c })."""
+    zeros = weights.new_zeros(index.shape[0], columns)
+    return zeros.scatter_reduce(1, index, weights, reduce="amax", include_self=True)
 
 
 def sparse_scores(q_ids: torch.Tensor, q_weights: torch.Tensor, p_ids: torch.Tensor,
                   p_weights: torch.Tensor) -> torch.Tensor:
-    """s_s = Σ_{t ∈ q ∩ p} w_q(t) w_p(t), with w(t) the max weight of token t in the text. (Bq, Lq), (Bp, Lp)."""
-    q_vec, p_vec = lexical_vectors([q_ids, p_ids], [q_weights, p_weights])
+    """s_s = Σ_{t ∈ q ∩ p} w_q(t) w_p(t), with w(t) the max weight of token t in the text. (Bq, Lq), (Bp, Lp).
+
+    Only ids that occur in some query can score, so the lexical vectors run over the U_q distinct query ids:
+    passage tokens of other ids go to one discarded column. Memory is (Bq + Bp) × U_q whatever the passage
+    lengths (8192-token passages hold thousands of distinct ids); values and gradients equal the full vectors'.
+    """
+    q_unique, q_index = torch.unique(q_ids.reshape(-1), return_inverse=True)
+    n = q_unique.numel()
+    if n == 0 or p_ids.numel() == 0:
+        return q_weights.new_zeros(q_ids.shape[0], p_ids.shape[0]) + 0 * (q_weights.sum() + p_weights.sum())
+    flat = p_ids.reshape(-1)
+    where = torch.searchsorted(q_unique, flat).clamp_max(n - 1)
+    p_index = torch.where(q_unique[where] == flat, where, n).view_as(p_ids)
+    q_vec = _max_per_column(q_index.view_as(q_ids), q_weights, n)
+    p_vec = _max_per_column(p_index, p_weights, n + 1)[:, :n]
     return q_vec @ p_vec.transpose(0, 1)
 
 

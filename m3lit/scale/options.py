@@ -8,7 +8,7 @@
       table: {max_length: rows} | null  # else the first entry whose max_length >= padded length (wins over both)
       packing: bool | "auto"          # unpadded encoding (packed sequences); auto: on unless a teacher needs
                                       # the padded per-layer states (teacher=layerwise)
-      pack_length: int | null         # tokens per packed row on sdpa/eager (null: the batch's padded length)
+      pack_length: int | null         # rows of this many tokens, block-diagonal mask (null: one row where possible)
     nonfinite: stop | skip
 """
 from __future__ import annotations

@@ -1,13 +1,14 @@
 """Unpadded (packed) encoding: the real tokens of a right-padded batch, with no compute spent on padding.
 
-- ``flash_attention_2``: all texts in ONE row of T = Σ lengths tokens; attention runs per text through flash-attn's
-  varlen kernel (``cu_seq_lens_q/k`` and ``max_length_q/k`` passed down to the attention function).
-- ``sdpa`` / ``eager``: texts packed into rows of ``capacity`` tokens (first-fit decreasing) with a block-diagonal
-  attention mask (a token attends to the tokens of its own text only); positions restart at every text.
-  Linear layers (most of the compute below ~2k tokens) see only real tokens plus the rows' tail slack;
-  attention costs rows × capacity² instead of B × L².
-Hidden states are scattered back to the padded (B, L, d) layout (zeros at padding) so the heads are unchanged;
-outputs equal the padded path's.
+- One row of all texts (T = Σ lengths tokens), attention text by text: flash-attn's varlen kernel on
+  ``flash_attention_2``; on ``sdpa`` for XLM-R / RoBERTa / BERT encoders, ``varlen_attention`` (SDPA per group of
+  similar lengths: about Σ lᵢ² attention cost, no mask tensor). The text boundaries (``cu_seq_lens_q/k``,
+  ``max_length_q/k``) are passed down to the attention function.
+- Otherwise (``eager``, other encoders, or ``pack_length=C``): texts packed into rows of C tokens (default: the
+  batch's padded length; first-fit decreasing) with a block-diagonal attention mask (a token attends to the
+  tokens of its own text only); attention then costs rows × C² and an (R, 1, C, C) mask.
+Positions restart at every text. Hidden states are scattered back to the padded (B, L, d) layout (zeros at
+padding) so the heads are unchanged; outputs equal the padded path's.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from ..model.m3 import M3Model, M3Reps
+from .varlen_attention import varlen_calls
 
 
 @dataclass
@@ -104,6 +106,19 @@ def pack(input_ids: torch.Tensor, attention_mask: torch.Tensor, capacity: int | 
                   max_length=max(sizes, default=0), batch_shape=(batch, length))
 
 
+def computed_tokens(attention_mask: torch.Tensor, packing: bool, pack_length: int | None = None,
+                    one_row: bool = True) -> int:
+    """Token positions the encoder's linear layers compute for this (B, L) batch: B·L padded; the real tokens
+    when packed into one row; rows × capacity otherwise (capacity ``pack_length``, default the padded length)."""
+    if not packing:
+        return int(attention_mask.numel())
+    sizes = attention_mask.sum(1).tolist()
+    if one_row:
+        return int(sum(sizes))
+    capacity = max(int(pack_length or attention_mask.shape[1]), max(sizes, default=1))
+    return len(first_fit_decreasing(sizes, capacity)) * capacity
+
+
 def block_diagonal_mask(segments: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
     """(R, 1, C, C) mask letting each token attend to its own segment: bool for sdpa, additive float for eager."""
     same = segments[:, None, :, None] == segments[:, None, None, :]
@@ -128,19 +143,39 @@ def position_offset(encoder: nn.Module) -> int:
     return 0
 
 
+# encoders whose attention layers all go through transformers' attention interface (the one-row sdpa path)
+ONE_ROW_SDPA_MODELS = ("xlm-roberta", "roberta", "bert")
+
+
+def one_row(encoder: nn.Module, pack_length: int | None) -> bool:
+    """Whether ``packed_hidden_states`` packs into one row (flash-attn varlen, or SDPA text by text)."""
+    config = encoder.config
+    kind = config._attn_implementation
+    return kind == "flash_attention_2" or (pack_length is None and kind == "sdpa"
+                                           and config.model_type in ONE_ROW_SDPA_MODELS)
+
+
 def packed_hidden_states(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          pack_length: int | None = None) -> torch.Tensor:
-    """Last hidden states (B, L, d) computed on the packed real tokens only (zeros at padding)."""
+    """Last hidden states (B, L, d) computed on the packed real tokens only (zeros at padding): one row with
+    attention text by text (flash-attn; SDPA for XLM-R / RoBERTa / BERT unless ``pack_length``), else rows of
+    ``pack_length`` (default: the batch's padded length) tokens with a block-diagonal mask."""
     encoder = model.encoder
     kind = encoder.config._attn_implementation
     pad_id = encoder.config.pad_token_id if encoder.config.pad_token_id is not None else 0
     offset = position_offset(encoder)
-    if kind == "flash_attention_2":
+    if one_row(encoder, pack_length):
         packed = pack(input_ids, attention_mask, None, offset, pad_id)
         cu = packed.cu_seqlens
+        before = varlen_calls()
         hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids, return_dict=True,
                          cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=packed.max_length,
                          max_length_k=packed.max_length).last_hidden_state
+        layers = getattr(encoder.config, "num_hidden_layers", 0)
+        if kind == "sdpa" and varlen_calls() - before < layers:
+            raise RuntimeError(f"packed encoding: only {varlen_calls() - before} of {layers} attention layers of "
+                               f"this {encoder.config.model_type} encoder took the packed path; set "
+                               "train_step.encoding.packing=false (or a pack_length)")
     else:
         packed = pack(input_ids, attention_mask, pack_length or input_ids.shape[1], offset, pad_id)
         dtype = encoder.get_input_embeddings().weight.dtype
@@ -151,9 +186,10 @@ def packed_hidden_states(model: M3Model, input_ids: torch.Tensor, attention_mask
 
 
 def encode_rows(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: bool = False,
-                pack_length: int | None = None) -> M3Reps:
-    """Representations of one (sub-)batch: the padded forward, or the packed one when ``packing``."""
+                pack_length: int | None = None, heads: tuple[str, ...] | None = None) -> M3Reps:
+    """Representations of one (sub-)batch (``heads``: None = the model's): the padded forward, or the packed one
+    when ``packing``."""
     if not packing:
-        return model(input_ids, attention_mask)
+        return model(input_ids, attention_mask, heads=heads)
     hidden = packed_hidden_states(model, input_ids, attention_mask, pack_length)
-    return model.heads_from_hidden(hidden, input_ids, attention_mask)
+    return model.heads_from_hidden(hidden, input_ids, attention_mask, heads)
