@@ -181,3 +181,32 @@ def test_computed_tokens_count_what_the_encoder_computes():
     assert computed_tokens(mask, pack_length=3, **rows) == 12         # capacity grows to the longest text
     mask[1, 2] = 1                                                    # lengths 4, 3, 6: rows [6], [4], [3]
     assert computed_tokens(mask, pack_length=None, **rows) == 18      # capacity = the padded length
+
+
+def test_long_texts_attend_in_query_chunks_with_the_same_result(monkeypatch):
+    """On the recomputed (dropout) path long texts attend in chunks of query rows; softmax is per row, so with the
+    dropout itself switched off the output and gradients equal one whole call."""
+    import types
+
+    from m3lit.scale import varlen_attention
+
+    q, k, v, _ = packed_qkv([50], heads=2, dim=8, requires_grad=True)
+    chunks = []
+
+    def sdpa_without_dropout(q_, k_, v_, attn_mask=None, dropout_p=0.0, scale=None):
+        chunks.append(q_.shape[2])
+        return F.scaled_dot_product_attention(q_, k_, v_, attn_mask=attn_mask, scale=scale)
+
+    monkeypatch.setattr(varlen_attention, "F", types.SimpleNamespace(scaled_dot_product_attention=sdpa_without_dropout))
+    monkeypatch.setattr(varlen_attention, "MAX_SCORES", 2 * 50 * 7)  # 7 query rows per call
+    got = varlen_attention._attention(q, k, v, None, 0.1, None)
+    assert chunks == [7] * 7 + [1]
+    (got ** 2).sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    for t in (q, k, v):
+        t.grad = None
+    whole = F.scaled_dot_product_attention(q, k, v)
+    torch.testing.assert_close(got, whole, atol=1e-6, rtol=0)
+    (whole ** 2).sum().backward()
+    for a, t in zip(grads, (q, k, v)):
+        torch.testing.assert_close(a, t.grad, atol=1e-6, rtol=0)
