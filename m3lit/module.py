@@ -260,8 +260,8 @@ class M3LightningModule(L.LightningModule):
             padded = sum(batch[k]["attention_mask"].numel() for k in ("queries", "passages"))
         encoding = self.train_step_options.encoding
         single = one_row(self.model.encoder, encoding.pack_length)
-        computed = sum(computed_tokens(batch[k]["attention_mask"], True, encoding.pack_length, single)
-                       for k in ("queries", "passages")) if encoding.packing else padded
+        computed = sum(computed_tokens(batch[k]["attention_mask"], bool(encoding.packing), encoding.pack_length,
+                                       single) for k in ("queries", "passages"))
         stats = {"batch/real_tokens": float(real), "batch/padded_tokens": float(padded),
                  "batch/padding_fraction": 1.0 - real / max(padded, 1), "batch/computed_tokens": float(computed)}
         if isinstance(meta.get("bucket"), (int, float)):
