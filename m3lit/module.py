@@ -23,6 +23,7 @@ from .model.layerwise import HeadSet, check_layers, layer_reps
 from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import MASKED_SCORE, score_candidates
 from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
+from .scale.lean_ffn import recompute_gelu
 from .scale.nonfinite import NonFiniteLossError, SkipCounter, all_finite, describe
 from .scale.options import TrainStepOptions
 from .scale.packing import computed_tokens, one_row
@@ -75,6 +76,10 @@ class M3LightningModule(L.LightningModule):
         self.train_step_options = TrainStepOptions.from_config(cross_device, encoding, nonfinite)
         if self.train_step_options.encoding.mode == "split_batch":
             enable_layer_checkpointing(self.model)
+        if self.train_step_options.encoding.recompute_gelu:
+            fused = recompute_gelu(self.model.encoder)
+            log.info("train_step.encoding.recompute_gelu: GELU recomputed in the backward pass in %d of %d layers",
+                     fused, getattr(self.model.encoder.config, "num_hidden_layers", 0))
         self.skips = SkipCounter(nonfinite_max_consecutive, nonfinite_max_total)
         self._drop_update = False
         self._pending_rng: dict[str, Any] | None = None

@@ -9,6 +9,7 @@
       packing: bool | "auto"          # unpadded encoding (packed sequences); auto: on unless a teacher needs
                                       # the padded per-layer states (teacher=layerwise)
       pack_length: int | null         # rows of this many tokens, block-diagonal mask (null: one row where possible)
+      recompute_gelu: bool            # store the FFN's pre-activation only, GELU recomputed in backward (lean_ffn)
     nonfinite: stop | skip
 """
 from __future__ import annotations
@@ -36,6 +37,7 @@ class EncodingOptions:
     table: dict[int, int] | None = None
     packing: bool | str = False
     pack_length: int | None = None
+    recompute_gelu: bool = True
 
     def __post_init__(self) -> None:
         if self.packing not in (True, False, "auto"):
