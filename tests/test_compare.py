@@ -19,7 +19,7 @@ from m3lit.runs import (
     read_wandb_run,
     run_labels,
 )
-from m3lit.runs.collect import parse_wandb_target, wandb_runs
+from m3lit.runs.collect import local_runs, parse_wandb_target, wandb_runs
 from m3lit.runs.record import write_summary
 from m3lit.runs.wandb_file import BLOCK, iter_record_bytes
 
@@ -137,7 +137,7 @@ def test_missing_values_show_as_dashes():
     assert format_comparison(comparison).splitlines()[3].split() == ["a", "0.5000", "-"]
 
 
-def test_offline_wandb_run_file_is_read_back(tmp_path):
+def test_offline_wandb_run_file_is_read_back(tmp_path, caplog):
     import wandb
 
     big = {f"key_{i}": "x" * 200 for i in range(400)}  # > 32 KiB: records split over blocks
@@ -170,6 +170,16 @@ def test_offline_wandb_run_file_is_read_back(tmp_path):
     wandb_file.write_bytes(b"not a run file")
     with pytest.raises(ValueError, match="not a W&B run file"):
         read_wandb_run(str(wandb_file))
+    # a run that has just started (its file empty so far) next to a finished run's summary: `auto` compares the
+    # summary and skips the unreadable file with a warning; `wandb` stops with the file's error
+    wandb_file.write_bytes(b"")
+    write_summary(str(tmp_path / "job0" / "m3lit_run.json"),
+                  {"run_id": "done", "config": {}, "metrics": {"eval/average/all/ndcg@10": 0.5}})
+    with caplog.at_level("WARNING", logger="m3lit.runs.collect"):
+        assert [r.run_id for r in collect_runs(str(tmp_path))] == ["done"]
+    assert "shorter than its header" in caplog.text and str(wandb_file) in caplog.text
+    with pytest.raises(ValueError, match="shorter than its header"):
+        local_runs(str(tmp_path), source="wandb")
 
 
 class FakeRun(SimpleNamespace):

@@ -2,16 +2,20 @@
 
 Local: every ``m3lit_run.json`` below the folder (``source="summary"``), or every ``run-<id>.wandb`` file of a
 W&B run folder below it (``source="wandb"``); ``auto`` takes the summaries and adds W&B runs that no summary
-names. Online: ``[entity/]project/group`` (the runs of a W&B group) or ``[entity/]project/sweeps/<id>``.
+names, and skips (with a warning) a W&B file it cannot read — a run still being written, whose file may not
+even hold its header yet — where ``wandb`` stops with the file's error. Online: ``[entity/]project/group`` (the runs of a W&B group) or ``[entity/]project/sweeps/<id>``.
 """
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Any, Iterable
 
 from .record import RUN_FILES, SUMMARY_FILE, RunRecord, numeric_metrics, read_summary
 from .wandb_file import read_wandb_run
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("auto", "summary", "wandb")
 COMPARE_JOB_TYPE = "compare"   # the W&B run m3lit-compare writes: never a run to compare
@@ -38,7 +42,16 @@ def local_runs(root: str, source: str = "auto") -> list[RunRecord]:
     if source in ("auto", "wandb"):
         known = {r.run_id for r in runs}
         wandb_files = find_files(root, lambda f: f.startswith("run-") and f.endswith(".wandb"))
-        runs += [r for r in map(read_wandb_run, wandb_files) if r.run_id not in known]
+        for path in wandb_files:
+            try:
+                record = read_wandb_run(path)
+            except ValueError as error:
+                if source == "wandb":
+                    raise
+                log.warning("skipped %s (a run still being written?)", error)
+                continue
+            if record.run_id not in known:
+                runs.append(record)
     return sort_runs(r for r in runs if r.job_type != COMPARE_JOB_TYPE)
 
 
