@@ -17,8 +17,9 @@
 4. m3lit: ``m3lit-train`` (the installed console script) with its defaults and the same model, data, batch, lengths
    and learning rate (``model=pretrained``; the length buckets 0/64/128/192/256; everything else as shipped:
    packing and precision ``auto``).
-5. A short fp32 matmul probe with the same thread count, before and after the runs, gives the machine's rate
-   (the higher of the two).
+5. A short matmul probe (fp32 and bf16) with the same thread count, before and after the runs, gives the machine's
+   rates (the higher of the two); each trainer's model FLOP/s is compared with the rate of the precision it trained
+   in (FlagEmbedding fp32; m3lit what ``trainer.precision=auto`` chose: bf16 on a CPU with native bf16).
 
 Printed, one line per trainer: s/step (data + forward + backward + update, mean of the steps after the warm-up),
 real tokens/s, the padding share of the computed tokens, the peak RSS of the training process, and the model
@@ -124,14 +125,16 @@ def training_flops_per_token(context: float) -> float:
     return 6 * (layers * per_layer + heads) + 12 * layers * d * context
 
 
-def matmul_rate(threads: int) -> float:
-    """fp32 FLOP/s of this machine with ``threads`` threads: the best of square and model-shaped products."""
+def matmul_rate(threads: int, dtype: str = "fp32") -> float:
+    """FLOP/s of this machine's ``dtype`` (fp32 | bf16) matrix products with ``threads`` threads: the best of square
+    and model-shaped products."""
     import torch
 
     torch.set_num_threads(threads)
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
     best = 0.0
     for m, k, n in ((2048, 2048, 2048), (4096, 384, 1536), (4096, 1536, 384)):
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a, b = torch.randn(m, k, dtype=kind), torch.randn(k, n, dtype=kind)
         a @ b
         start, reps = time.perf_counter(), 0
         while time.perf_counter() - start < 1.5:
@@ -139,6 +142,10 @@ def matmul_rate(threads: int) -> float:
             reps += 1
         best = max(best, 2 * m * k * n * reps / (time.perf_counter() - start))
     return best
+
+
+def matmul_rates(threads: int) -> dict[str, float]:
+    return {dtype: matmul_rate(threads, dtype) for dtype in ("fp32", "bf16")}
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -278,7 +285,9 @@ def run_m3lit(args, model_dir: Path, files: list[Path]) -> dict:
     chosen = re.search(r"trainer\.precision=auto: (\S+)", (out / "log.txt").read_text(errors="replace"))
     if chosen:
         print(f"m3lit: trainer.precision=auto chose {chosen.group(1)}")
-    return {**measured, **read_m3lit_steps(run_dir, args.warmup)}
+    precision = chosen.group(1) if chosen else next((o.split("=", 1)[1] for o in args.m3lit_override
+                                                     if o.startswith("trainer.precision=")), "32-true")
+    return {**measured, **read_m3lit_steps(run_dir, args.warmup), "matmul": "bf16" if "bf16" in precision else "fp32"}
 
 
 # ---------------------------------------------------------------------------------------------------- report
@@ -289,14 +298,14 @@ def summarise(name: str, run: dict, flops_per_token: float, rate: float) -> dict
     return {"trainer": name, "s_per_step": seconds / len(run["step_s"]), "tokens_per_s": tokens_per_s,
             "padding": 1.0 - real / computed, "peak_rss_gb": run["peak_rss"] / 1e9,
             "model_flops": flops_per_token * tokens_per_s, "mfu": flops_per_token * tokens_per_s / rate,
-            "steps_timed": len(run["step_s"])}
+            "steps_timed": len(run["step_s"]), "matmul": run.get("matmul", "fp32")}
 
 
 def print_line(s: dict) -> None:
     padding = f"{s['padding']:.1%}"
     print(f"{s['trainer']:<22} {s['s_per_step']:7.2f} s/step  {s['tokens_per_s']:8.0f} real tok/s  "
           f"padding {padding:>7}  peak RSS {s['peak_rss_gb']:5.2f} GB  model {s['model_flops'] / 1e9:6.1f} GFLOP/s "
-          f"= {s['mfu']:.0%} of matmul")
+          f"= {s['mfu']:.0%} of {s['matmul']} matmul")
 
 
 def main() -> None:
@@ -319,18 +328,20 @@ def main() -> None:
     model_dir = prepare_model(args.workdir, files)
     context = attention_context(model_dir, files)
     flops = training_flops_per_token(context)
-    rate = matmul_rate(args.threads)
+    rates = matmul_rates(args.threads)
     print(f"model: random XLM-R {MODEL['hidden_size']}×{MODEL['num_hidden_layers']} in {model_dir}; "
-          f"{flops / 1e6:.1f} MFLOP per real training token (attention context {context:.0f}); "
-          f"fp32 matmul {rate / 1e9:.1f} GFLOP/s on {args.threads} thread(s)", flush=True)
+          f"{flops / 1e6:.1f} MFLOP per real training token (attention context {context:.0f}); matmul "
+          f"fp32 {rates['fp32'] / 1e9:.1f}, bf16 {rates['bf16'] / 1e9:.1f} GFLOP/s on {args.threads} thread(s)",
+          flush=True)
     runs = {}
     for name, run in (("flagembedding 1.4.2", run_flagembedding), ("m3lit defaults", run_m3lit)):
         if not args.only or name.startswith(args.only):
             runs[name] = run(args, model_dir, files)
-    after = matmul_rate(args.threads)  # probed again: a busy machine lowers a probe, never raises it
-    rate = max(rate, after)
-    print(f"fp32 matmul after the runs {after / 1e9:.1f} GFLOP/s; the rate used: {rate / 1e9:.1f}")
-    summaries = [summarise(name, run, flops, rate) for name, run in runs.items()]
+    after = matmul_rates(args.threads)  # probed again: a busy machine lowers a probe, never raises it
+    rates = {dtype: max(rates[dtype], after[dtype]) for dtype in rates}
+    print(f"matmul after the runs fp32 {after['fp32'] / 1e9:.1f}, bf16 {after['bf16'] / 1e9:.1f} GFLOP/s; the rates "
+          f"used: fp32 {rates['fp32'] / 1e9:.1f}, bf16 {rates['bf16'] / 1e9:.1f} (each trainer against its precision's)")
+    summaries = [summarise(name, run, flops, rates[run.get("matmul", "fp32")]) for name, run in runs.items()]
     for summary in summaries:
         print_line(summary)
     if len(summaries) == 2:
@@ -343,7 +354,7 @@ def main() -> None:
               f"{'met' if ratios['peak_rss'] <= TARGETS['peak_rss'] else 'not met'}), m3lit model FLOP/s "
               f"{m3['mfu']:.0%} of matmul (target ≥ {TARGETS['mfu']:.0%}: "
               f"{'met' if m3['mfu'] >= TARGETS['mfu'] else 'not met'})")
-    (args.workdir / "result.json").write_text(json.dumps({"summaries": summaries, "matmul_flops": rate,
+    (args.workdir / "result.json").write_text(json.dumps({"summaries": summaries, "matmul_flops": rates,
                                                           "flops_per_token": flops, "threads": args.threads}, indent=1))
 
 
