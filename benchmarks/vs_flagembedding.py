@@ -241,7 +241,7 @@ def run_flagembedding(args, model_dir: Path, files: list[Path]) -> dict:
     measured = run_measured(cmd, thread_env(args.threads), out, out / "log.txt")
     steps = json.loads(result.read_text())
     return {**measured, "step_s": steps["step_s"], "real_tokens": steps["real_tokens"],
-            "computed_tokens": steps["computed_tokens"]}
+            "computed_tokens": steps["computed_tokens"], "matmul": "fp32"}  # FlagEmbedding trains in fp32
 
 
 def m3lit_command(args, model_dir: Path, files: list[Path], run_dir: Path) -> list[str]:
@@ -298,7 +298,7 @@ def summarise(name: str, run: dict, flops_per_token: float, rate: float) -> dict
     return {"trainer": name, "s_per_step": seconds / len(run["step_s"]), "tokens_per_s": tokens_per_s,
             "padding": 1.0 - real / computed, "peak_rss_gb": run["peak_rss"] / 1e9,
             "model_flops": flops_per_token * tokens_per_s, "mfu": flops_per_token * tokens_per_s / rate,
-            "steps_timed": len(run["step_s"]), "matmul": run.get("matmul", "fp32")}
+            "steps_timed": len(run["step_s"]), "matmul": run["matmul"]}
 
 
 def print_line(s: dict) -> None:
@@ -340,8 +340,9 @@ def main() -> None:
     after = matmul_rates(args.threads)  # probed again: a busy machine lowers a probe, never raises it
     rates = {dtype: max(rates[dtype], after[dtype]) for dtype in rates}
     print(f"matmul after the runs fp32 {after['fp32'] / 1e9:.1f}, bf16 {after['bf16'] / 1e9:.1f} GFLOP/s; the rates "
-          f"used: fp32 {rates['fp32'] / 1e9:.1f}, bf16 {rates['bf16'] / 1e9:.1f} (each trainer against its precision's)")
-    summaries = [summarise(name, run, flops, rates[run.get("matmul", "fp32")]) for name, run in runs.items()]
+          f"used: fp32 {rates['fp32'] / 1e9:.1f}, bf16 {rates['bf16'] / 1e9:.1f} "
+          "(each trainer against its precision's)")
+    summaries = [summarise(name, run, flops, rates[run["matmul"]]) for name, run in runs.items()]
     for summary in summaries:
         print_line(summary)
     if len(summaries) == 2:

@@ -3,7 +3,8 @@
 Local: every ``m3lit_run.json`` below the folder (``source="summary"``), or every ``run-<id>.wandb`` file of a
 W&B run folder below it (``source="wandb"``); ``auto`` takes the summaries and adds W&B runs that no summary
 names, and skips (with a warning) a W&B file it cannot read — a run still being written, whose file may not
-even hold its header yet — where ``wandb`` stops with the file's error. Online: ``[entity/]project/group`` (the runs of a W&B group) or ``[entity/]project/sweeps/<id>``.
+even hold its header yet — where ``wandb`` stops with the file's error. Online: ``[entity/]project/group`` (the
+runs of a W&B group) or ``[entity/]project/sweeps/<id>``.
 """
 from __future__ import annotations
 
