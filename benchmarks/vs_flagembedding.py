@@ -16,7 +16,8 @@
    CLS pooling, temperature 0.02, lr 1e-5, fp32, 8 queries × group 8, queries 64 / passages 256 tokens.
 4. m3lit: ``m3lit-train`` (the installed console script) with its defaults and the same model, data, batch, lengths
    and learning rate (``model=pretrained``; the length buckets 0/64/128/192/256; everything else as shipped:
-   packing and precision ``auto``).
+   packing, precision ``auto`` and the console script's allocator, tcmalloc where the system has it —
+   ``M3LIT_ALLOCATOR=system`` in the environment keeps glibc's).
 5. A short matmul probe (fp32 and bf16) with the same thread count, before and after the runs, gives the machine's
    rates (the higher of the two); each trainer's model FLOP/s is compared with the rate of the precision it trained
    in (FlagEmbedding fp32; m3lit what ``trainer.precision=auto`` chose: bf16 on a CPU with native bf16).
@@ -282,9 +283,13 @@ def run_m3lit(args, model_dir: Path, files: list[Path]) -> dict:
     run_dir = out / "run"
     measured = run_measured(m3lit_command(args, model_dir, files, run_dir), thread_env(args.threads), out,
                             out / "log.txt")
-    chosen = re.search(r"trainer\.precision=auto: (\S+)", (out / "log.txt").read_text(errors="replace"))
+    text = (out / "log.txt").read_text(errors="replace")
+    chosen = re.search(r"trainer\.precision=auto: (\S+)", text)
     if chosen:
         print(f"m3lit: trainer.precision=auto chose {chosen.group(1)}")
+    allocator = re.search(r"memory allocator: (.+)", text)
+    if allocator:
+        print(f"m3lit: memory allocator {allocator.group(1)}")
     precision = chosen.group(1) if chosen else next((o.split("=", 1)[1] for o in args.m3lit_override
                                                      if o.startswith("trainer.precision=")), "32-true")
     return {**measured, **read_m3lit_steps(run_dir, args.warmup), "matmul": "bf16" if "bf16" in precision else "fp32"}

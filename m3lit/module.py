@@ -174,6 +174,9 @@ class M3LightningModule(L.LightningModule):
         reps = []
         with torch.set_grad_enabled(teacher.symmetric and torch.is_grad_enabled()):
             for key in ("queries", "passages"):
+                if teacher.view == "translation":  # a batch without translations: the same texts (dropout view)
+                    reps.append(self.encode(batch.get("views", batch)[key]))
+                    continue
                 ids, mask = augment(batch[key]["input_ids"], batch[key]["attention_mask"], teacher.view,
                                     teacher.rate, self.model.special_ids, self.tokenizer.pad_token_id,
                                     self.tokenizer.mask_token_id, teacher.seed, self.global_step)
@@ -271,6 +274,10 @@ class M3LightningModule(L.LightningModule):
                  "batch/padding_fraction": 1.0 - real / max(padded, 1), "batch/computed_tokens": float(computed)}
         if isinstance(meta.get("bucket"), (int, float)):
             stats["batch/bucket"] = float(meta["bucket"])
+        if getattr(self.loss_fn.teacher, "view", None) == "translation":  # share of rows whose view is translated
+            rows = max(int(batch["queries"]["input_ids"].shape[0]), 1)
+            stats["batch/translated_queries"] = float(meta.get("translated_queries", 0)) / rows
+            stats["batch/translated_positives"] = float(meta.get("translated_positives", 0)) / rows
         self._step_tokens = (real, batch_size)
         self.log_dict(stats, batch_size=batch_size)
 

@@ -78,3 +78,21 @@ def test_callback_config_instantiates(beir_root):
     assert cb.settings.active_hybrids == {"dense+sparse": {"dense": 1.0, "sparse": 0.3},
                                           "all": {"dense": 1.0, "sparse": 0.3, "colbert": 1.0}}
     assert cb.monitor == "average/all/ndcg@10" and cb.settings.colbert_exhaustive_max_docs == 0
+
+
+def test_dtype_auto_picks_bf16_only_where_the_hardware_has_it(monkeypatch, beir_root, tmp_path):
+    import torch
+
+    from m3lit.cli import evaluate
+    from m3lit.scale import precision
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert evaluate.resolve_dtype("auto", "cpu") == "bfloat16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2"})
+    assert evaluate.resolve_dtype("auto", "cpu") == "float32"
+    assert evaluate.resolve_dtype("float16", "cpu") == "float16"  # an explicit choice is kept
+    monkeypatch.setattr(precision, "cpu_flags", lambda: {"amx_bf16"})
+    encoder = evaluate.load_encoder(TINY, "cpu", "auto")
+    assert next(encoder.model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype='bf16': expected one of"):
+        evaluate.load_encoder(TINY, "cpu", "bf16")

@@ -102,6 +102,7 @@ def test_every_scheme_composes_and_trains_a_step(scheme, tmp_path):
                         "external_self": "MixedTeacher", "external": "ExternalTeacher",
                         "weighted_scored": "WeightedTeacher", "ema": "EmaTeacher",
                         "views_token_drop": "ViewsTeacher", "views_mask": "ViewsTeacher",
+                        "views_translation": "ViewsTeacher",
                         "mix_ensemble_ema": "MixTeacher", "snapshot": "SnapshotTeacher",
                         "layerwise": "LayerwiseTeacher"}[scheme]
     assert config["teacher"]["_target_"].endswith(expected_teacher)

@@ -95,3 +95,19 @@ def test_a_second_dropout_pass_differs_and_token_drop_is_the_same_on_every_call(
     assert all(torch.equal(a[h], b[h]) and a[h].requires_grad for h in a)
     plain, _, _ = drop.compute_scores(drop.encode(batch["queries"]), drop.encode(batch["passages"]), False)
     assert not torch.allclose(plain["sparse"], a["sparse"])  # (the untrained dense CLS scores are all ~1)
+
+
+def test_translation_view_scores_the_batch_views_and_a_batch_without_them_scores_itself():
+    """view=translation: the second view is the collated ``views`` (no augmentation); without it, the same texts."""
+    batch, other = random_batch(seed=3), random_batch(seed=4)
+    module = tiny_module(views={"view": "translation", "direction": "one_way"}).eval()  # no dropout: deterministic
+    translated = {**batch, "views": {"queries": other["queries"], "passages": other["passages"]}}
+    second = module.view_scores(translated, False)
+    reference, _, _ = module.compute_scores(module.encode(other["queries"]), module.encode(other["passages"]), False)
+    first, _, _ = module.compute_scores(module.encode(batch["queries"]), module.encode(batch["passages"]), False)
+    assert all(torch.equal(second[h], reference[h]) for h in reference)
+    assert not torch.allclose(second["sparse"], first["sparse"])
+    untranslated = module.view_scores(batch, False)
+    assert all(torch.equal(untranslated[h], first[h]) for h in first)
+    with pytest.raises(ValueError, match="view=translation: the second view is the batch's `views`"):
+        augment(*rows(), "translation", 0.1, SPECIAL, PAD, MASK, seed=0, step=0)

@@ -19,7 +19,20 @@ from .resolvers import CONFIG_DIR, CONFIG_PATH, check_known_keys
 
 log = logging.getLogger("m3lit.cli.evaluate")
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """``dtype`` itself, or for ``auto`` what the hardware runs fast (``m3lit.scale.precision.auto_precision``):
+    bfloat16 on CUDA with bf16 and on CPUs with native bf16, float16 on older CUDA GPUs, float32 elsewhere."""
+    if dtype != "auto":
+        return dtype
+    from ..scale.precision import auto_precision
+
+    chosen, reason = auto_precision("cuda" if device.startswith("cuda") else "cpu")
+    resolved = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}.get(chosen, "float32")
+    log.info("dtype=auto: %s (%s)", resolved, reason)
+    return resolved
 
 
 def load_encoder(model_path: str, device: str | None = None, dtype: str = "float32",
@@ -34,6 +47,7 @@ def load_encoder(model_path: str, device: str | None = None, dtype: str = "float
     if not os.path.isdir(model_path):
         raise FileNotFoundError(f"model_path={model_path!r}: no such directory")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = resolve_dtype(dtype, device)
     encoder = M3Embedder.from_pretrained(model_path, device=device, attn_implementation=attn_implementation,
                                          fresh_heads=fresh_heads)
     if dtype != "float32":

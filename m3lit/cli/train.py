@@ -25,6 +25,7 @@ from ..scale.nonfinite import NonFiniteLossError
 from ..scale.precision import resolve_precision
 from .config_types import check_plain_arguments
 from .errors import report_errors
+from .launch import allocator_in_use
 from .resolvers import CONFIG_PATH, register_resolvers
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def run(cfg: DictConfig) -> float | None:
         check_checkpoint_file(cfg.resume_from)
     trainer = build_trainer(cfg)
     if trainer.is_global_zero:
+        log.info("memory allocator: %s", allocator_in_use())
         log.info("config:\n%s", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("resume_from"))

@@ -4,6 +4,9 @@ Per line: one positive (uniform among ``pos``) and G-1 distinct negatives (unifo
 the line's distinct negatives that differ from its positives); when fewer exist, all of them in random order then
 repeats (counted in ``meta["neg_repeats"]``). The choice is seeded by (seed, epoch, dataset, pass, row), so the
 same line in the same epoch always gets the same group. Teacher scores follow the chosen texts.
+When a line of the batch carries translations (``query_translation``, ``pos_translation``), the batch also has
+``views``: the same rows with each query and chosen positive replaced by its translation where the line has one
+(``teacher=views view=translation``).
 Tokenization: right padding to the longest row rounded up to a multiple of ``pad_to_multiple_of``,
 truncation at the dataset's query/passage max length.
 """
@@ -28,6 +31,7 @@ class PassageGroup:
     scores: list[float] | None
     repeats: int
     removed: int  # negatives dropped as duplicates of another negative or of a positive
+    positive: int = 0  # index in ``pos`` of the chosen positive
 
 
 def choose_group(rec: TrainRecord, group_size: int, rng: np.random.Generator) -> PassageGroup:
@@ -35,7 +39,7 @@ def choose_group(rec: TrainRecord, group_size: int, rng: np.random.Generator) ->
     passages = [rec.pos[p]]
     scores = [rec.pos_scores[p]] if rec.pos_scores is not None else None
     if group_size == 1:
-        return PassageGroup(passages, scores, 0, 0)
+        return PassageGroup(passages, scores, 0, 0, p)
     positives = set(rec.pos)
     first: dict[str, int] = {}
     for j, text in enumerate(rec.neg):
@@ -56,12 +60,36 @@ def choose_group(rec: TrainRecord, group_size: int, rng: np.random.Generator) ->
     passages += [rec.neg[j] for j in picked]
     if scores is not None:
         scores += [rec.neg_scores[j] for j in picked]
-    return PassageGroup(passages, scores, repeats, removed)
+    return PassageGroup(passages, scores, repeats, removed, p)
 
 
-def query_text(rec: TrainRecord, opts: DatasetOptions) -> str:
+def query_text(rec: TrainRecord, opts: DatasetOptions, translated: bool = False) -> str:
+    query = rec.query_translation if translated and rec.query_translation is not None else rec.query
     prompt = rec.prompt if rec.prompt is not None else opts.prompt
-    return opts.prompt_format.format(prompt, rec.query) if prompt else rec.query
+    return opts.prompt_format.format(prompt, query) if prompt else query
+
+
+def passage_texts(groups: list[PassageGroup], opts: DatasetOptions) -> list[str]:
+    texts = [t for g in groups for t in g.passages]
+    if opts.passage_prompt:
+        texts = [opts.passage_prompt_format.format(opts.passage_prompt, t) for t in texts]
+    return texts
+
+
+def translated_view(records: list[TrainRecord], groups: list[PassageGroup], opts: DatasetOptions, tokenizer,
+                    pad_to_multiple_of: int) -> tuple[dict | None, int, int]:
+    """The batch's translated view ({"queries", "passages"} features, rows as in the batch) and the numbers of
+    translated queries and positives; (None, 0, 0) when no line has a translation."""
+    n_queries = sum(r.query_translation is not None for r in records)
+    n_positives = sum(r.pos_translation is not None for r in records)
+    if not n_queries and not n_positives:
+        return None, 0, 0
+    swapped = [PassageGroup([r.pos_translation[g.positive], *g.passages[1:]] if r.pos_translation else g.passages,
+                            None, 0, 0) for r, g in zip(records, groups)]
+    view = {"queries": tokenize(tokenizer, [query_text(r, opts, translated=True) for r in records],
+                                opts.query_max_len, pad_to_multiple_of),
+            "passages": tokenize(tokenizer, passage_texts(swapped, opts), opts.passage_max_len, pad_to_multiple_of)}
+    return view, n_queries, n_positives
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_multiple_of: int) -> dict[str, torch.Tensor]:
@@ -83,10 +111,7 @@ def collate_group_batch(records: list[TrainRecord], rngs: list[np.random.Generat
     """Batch contract tensors for ``records`` (one per query) and the numbers for ``meta``."""
     groups = [choose_group(rec, opts.group_size, rng) for rec, rng in zip(records, rngs)]
     queries = tokenize(tokenizer, [query_text(r, opts) for r in records], opts.query_max_len, pad_to_multiple_of)
-    texts = [t for g in groups for t in g.passages]
-    if opts.passage_prompt:
-        texts = [opts.passage_prompt_format.format(opts.passage_prompt, t) for t in texts]
-    passages = tokenize(tokenizer, texts, opts.passage_max_len, pad_to_multiple_of)
+    passages = tokenize(tokenizer, passage_texts(groups, opts), opts.passage_max_len, pad_to_multiple_of)
     teacher = None
     if groups and all(g.scores is not None for g in groups):
         teacher = torch.tensor([g.scores for g in groups], dtype=torch.float32)
@@ -108,6 +133,10 @@ def collate_group_batch(records: list[TrainRecord], rngs: list[np.random.Generat
     }
     batch = {"queries": queries, "passages": passages, "teacher_scores": teacher,
              "no_in_batch_neg": bool(opts.no_in_batch_neg)}
+    view, stats["translated_queries"], stats["translated_positives"] = translated_view(
+        records, groups, opts, tokenizer, pad_to_multiple_of)
+    if view is not None:
+        batch["views"] = view
     return batch, stats
 
 

@@ -1,7 +1,10 @@
 """Parse and validate one line of FlagEmbedding training jsonl.
 
 A line is ``{"query": str, "pos": [str, ...], "neg": [str, ...], "pos_scores"?: [float], "neg_scores"?: [float],
-"prompt"?: str, "type"?: str, "language"?: str}``. ``pos`` must be non-empty; ``neg`` may be missing (= []); no text may be empty.
+"prompt"?: str, "type"?: str, "language"?: str, "query_translation"?: str, "pos_translation"?: [str, ...]}``.
+``pos`` must be non-empty; ``neg`` may be missing (= []); no text may be empty. The translations (the query and the
+positives in another language, ``pos_translation`` aligned with ``pos``) form the second view of
+``teacher=views view=translation``.
 Score lists, when given, must be finite numbers (JSON's NaN / Infinity are refused), as many as the texts they score.
 """
 from __future__ import annotations
@@ -29,6 +32,8 @@ class TrainRecord:
     prompt: str | None = None
     language: str | None = None
     type: str | None = None
+    query_translation: str | None = None
+    pos_translation: list[str] | None = None
 
     @property
     def has_scores(self) -> bool:
@@ -100,6 +105,12 @@ def parse_record(raw: bytes | str, path: str, line: int) -> TrainRecord:
         raise BadLineError(path, line, absent, f"missing while '{present}' is given")
     if pos_scores is not None and neg_scores is None:
         neg_scores = []
+    query_translation = _optional_str(obj, "query_translation", path, line)
+    if query_translation is not None and not query_translation.strip():
+        raise BadLineError(path, line, "query_translation", "empty string")
+    pos_translation = _text_list(obj, "pos_translation", path, line, required=False) or None
+    if pos_translation is not None and len(pos_translation) != len(pos):
+        raise BadLineError(path, line, "pos_translation", f"has {len(pos_translation)} texts but 'pos' has {len(pos)}")
     return TrainRecord(
         query=query,
         pos=pos,
@@ -109,6 +120,8 @@ def parse_record(raw: bytes | str, path: str, line: int) -> TrainRecord:
         prompt=_optional_str(obj, "prompt", path, line),
         language=_optional_str(obj, "language", path, line),
         type=_optional_str(obj, "type", path, line),
+        query_translation=query_translation,
+        pos_translation=pos_translation,
     )
 
 

@@ -1,4 +1,6 @@
-"""Second views of a batch for ``teacher=views``: a second dropout pass, token dropout, or token masking.
+"""Second views of a batch for ``teacher=views``: a second dropout pass, token dropout, token masking, or the
+translation (the data's ``query_translation`` / ``pos_translation``, collated into ``batch["views"]``; rows without
+one keep their text, a dropout view).
 
 The random choices of ``token_drop`` and ``mask`` depend only on (seed, optimizer step, the row's tokens), never on
 where the row sits in the batch or on which rank: the same view on 1 process and on N, reproducible from the seed.
@@ -10,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-VIEW_KINDS = ("dropout", "token_drop", "mask")
+VIEW_KINDS = ("dropout", "token_drop", "mask", "translation")
 
 
 def _row_uniforms(input_ids: torch.Tensor, attention_mask: torch.Tensor, seed: int, step: int) -> torch.Tensor:
@@ -32,6 +34,9 @@ def augment(input_ids: torch.Tensor, attention_mask: torch.Tensor, kind: str, ra
     """The second view's (input_ids, attention_mask): ``dropout`` — unchanged (the encoder's dropout differs);
     ``token_drop`` — each ordinary token removed with probability ``rate`` (the row closes up, re-padded, trimmed to
     the longest row); ``mask`` — each ordinary token replaced by ``mask_id`` with probability ``rate``."""
+    if kind == "translation":
+        raise ValueError("teacher.view=translation: the second view is the batch's `views` (the data's translations), "
+                         "not an augmentation")
     if kind == "dropout" or rate == 0.0:
         return input_ids, attention_mask
     real = attention_mask.bool()
