@@ -106,3 +106,13 @@ def test_fine_tuning_a_real_pretrained_encoder_from_disk(tmp_path):
     assert out["dense"].shape == (2, 384)
     sep = model.tokenizer.sep_token_id
     assert all(sep not in weights for weights in out["sparse"])  # BERT's [SEP] has no lexical weight
+
+
+def test_finetune_small_experiment_brings_the_one_epoch_settings():
+    """experiment=finetune_small: model=pretrained with the idf sparse init, λ_s = 1, τ = 0.05 and the encoder at
+    1e-4 (fresh heads keep their own rates); explicit overrides still win."""
+    cfg = compose_train("experiment=finetune_small", "model.path=/models/minilm", "model.pooling=mean")
+    assert cfg.model.path == "/models/minilm" and cfg.model.sparse_init == "idf" and cfg.model.pooling == "mean"
+    assert cfg.loss.temperature == 0.05 and cfg.loss.head_weights.sparse == 1.0 and cfg.loss.head_weights.dense == 1.0
+    assert cfg.optim.lr == 1e-4 and dict(cfg.optim.head_lr) == {"sparse": 1e-3, "colbert": 1e-3}
+    assert compose_train("experiment=finetune_small", "model.path=/m", "optim.lr=3e-5").optim.lr == 3e-5
