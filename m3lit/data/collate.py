@@ -69,8 +69,9 @@ def query_text(rec: TrainRecord, opts: DatasetOptions, translated: bool = False)
     return opts.prompt_format.format(prompt, query) if prompt else query
 
 
-def passage_texts(groups: list[PassageGroup], opts: DatasetOptions) -> list[str]:
-    texts = [t for g in groups for t in g.passages]
+def passage_texts(groups: list[list[str]], opts: DatasetOptions) -> list[str]:
+    """The groups' passages in batch order, with the dataset's passage prompt."""
+    texts = [t for group in groups for t in group]
     if opts.passage_prompt:
         texts = [opts.passage_prompt_format.format(opts.passage_prompt, t) for t in texts]
     return texts
@@ -84,8 +85,8 @@ def translated_view(records: list[TrainRecord], groups: list[PassageGroup], opts
     n_positives = sum(r.pos_translation is not None for r in records)
     if not n_queries and not n_positives:
         return None, 0, 0
-    swapped = [PassageGroup([r.pos_translation[g.positive], *g.passages[1:]] if r.pos_translation else g.passages,
-                            None, 0, 0) for r, g in zip(records, groups)]
+    swapped = [[r.pos_translation[g.positive], *g.passages[1:]] if r.pos_translation else g.passages
+               for r, g in zip(records, groups)]
     view = {"queries": tokenize(tokenizer, [query_text(r, opts, translated=True) for r in records],
                                 opts.query_max_len, pad_to_multiple_of),
             "passages": tokenize(tokenizer, passage_texts(swapped, opts), opts.passage_max_len, pad_to_multiple_of)}
@@ -111,7 +112,8 @@ def collate_group_batch(records: list[TrainRecord], rngs: list[np.random.Generat
     """Batch contract tensors for ``records`` (one per query) and the numbers for ``meta``."""
     groups = [choose_group(rec, opts.group_size, rng) for rec, rng in zip(records, rngs)]
     queries = tokenize(tokenizer, [query_text(r, opts) for r in records], opts.query_max_len, pad_to_multiple_of)
-    passages = tokenize(tokenizer, passage_texts(groups, opts), opts.passage_max_len, pad_to_multiple_of)
+    passages = tokenize(tokenizer, passage_texts([g.passages for g in groups], opts), opts.passage_max_len,
+                        pad_to_multiple_of)
     teacher = None
     if groups and all(g.scores is not None for g in groups):
         teacher = torch.tensor([g.scores for g in groups], dtype=torch.float32)
