@@ -30,6 +30,7 @@ LIBRARIES = {
     "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so"),
     "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
 }
+KNOWN = (*LIBRARIES, "mimalloc")  # allocators recognised in LD_PRELOAD and in the process's mapped libraries
 SEARCH_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib")
 
 
@@ -55,7 +56,7 @@ def choose_allocator(environ: Mapping[str, str] = os.environ) -> str | None:
     preload = environ.get("LD_PRELOAD", "")
     if not sys.platform.startswith("linux") or choice == "system" or environ.get(PRELOADED):
         return None
-    if any(name in preload for name in ("tcmalloc", "jemalloc", "mimalloc")):
+    if any(name in preload for name in KNOWN):
         return None
     if choice == "auto":
         return find_allocator("tcmalloc", environ)
@@ -96,7 +97,7 @@ def allocator_in_use() -> str:
             loaded = {line.split()[-1] for line in maps if ".so" in line}
     except OSError:
         return "unknown"
-    for kind in (*LIBRARIES, "mimalloc"):
+    for kind in KNOWN:
         found = sorted(p for p in loaded if f"lib{kind}" in os.path.basename(p))
         if found:
             return f"{kind} ({found[0]})"

@@ -78,28 +78,42 @@ def passage_texts(groups: list[list[str]], opts: DatasetOptions) -> list[str]:
 
 
 def translated_view(records: list[TrainRecord], groups: list[PassageGroup], opts: DatasetOptions, tokenizer,
-                    pad_to_multiple_of: int) -> tuple[dict | None, int, int]:
+                    query_ids: list[list[int]], passage_ids: list[list[int]], pad_to_multiple_of: int,
+                    ) -> tuple[dict | None, int, int]:
     """The batch's translated view ({"queries", "passages"} features, rows as in the batch) and the numbers of
-    translated queries and positives; (None, 0, 0) when no line has a translation."""
-    n_queries = sum(r.query_translation is not None for r in records)
-    n_positives = sum(r.pos_translation is not None for r in records)
-    if not n_queries and not n_positives:
+    translated queries and positives; (None, 0, 0) when no line has a translation. Only the translated texts are
+    tokenized; every other row reuses the batch's token ids (``query_ids``, ``passage_ids``)."""
+    queries = [i for i, r in enumerate(records) if r.query_translation is not None]
+    positives = [i for i, r in enumerate(records) if r.pos_translation is not None]
+    if not queries and not positives:
         return None, 0, 0
-    swapped = [[r.pos_translation[g.positive], *g.passages[1:]] if r.pos_translation else g.passages
-               for r, g in zip(records, groups)]
-    view = {"queries": tokenize(tokenizer, [query_text(r, opts, translated=True) for r in records],
-                                opts.query_max_len, pad_to_multiple_of),
-            "passages": tokenize(tokenizer, passage_texts(swapped, opts), opts.passage_max_len, pad_to_multiple_of)}
-    return view, n_queries, n_positives
+    view_queries, view_passages = list(query_ids), list(passage_ids)
+    translated = token_ids(tokenizer, [query_text(records[i], opts, translated=True) for i in queries],
+                           opts.query_max_len)
+    for i, ids in zip(queries, translated):
+        view_queries[i] = ids
+    texts = passage_texts([[records[i].pos_translation[groups[i].positive]] for i in positives], opts)
+    for i, ids in zip(positives, token_ids(tokenizer, texts, opts.passage_max_len)):
+        view_passages[i * opts.group_size] = ids  # each group's first passage is its positive
+    pad = int(tokenizer.pad_token_id)
+    view = {"queries": pad_ids(view_queries, pad, pad_to_multiple_of),
+            "passages": pad_ids(view_passages, pad, pad_to_multiple_of)}
+    return view, len(queries), len(positives)
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int, pad_to_multiple_of: int) -> dict[str, torch.Tensor]:
-    """Right-padded Long tensors [n, L]; L = longest (truncated) row rounded up to ``pad_to_multiple_of``."""
-    ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False, return_attention_mask=False,
-                    return_token_type_ids=False)["input_ids"]
+def token_ids(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, truncated at ``max_length`` (special tokens included)."""
+    if not texts:
+        return []
+    return tokenizer(texts, truncation=True, max_length=max_length, padding=False, return_attention_mask=False,
+                     return_token_type_ids=False)["input_ids"]
+
+
+def pad_ids(ids: list[list[int]], pad_token_id: int, pad_to_multiple_of: int) -> dict[str, torch.Tensor]:
+    """Right-padded Long tensors [n, L]; L = longest row rounded up to ``pad_to_multiple_of``."""
     longest = max((len(x) for x in ids), default=1)
     width = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
-    input_ids = torch.full((len(ids), width), int(tokenizer.pad_token_id), dtype=torch.long)
+    input_ids = torch.full((len(ids), width), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((len(ids), width), dtype=torch.long)
     for i, row in enumerate(ids):
         input_ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
@@ -111,9 +125,10 @@ def collate_group_batch(records: list[TrainRecord], rngs: list[np.random.Generat
                         tokenizer, pad_to_multiple_of: int = 8) -> tuple[dict, dict]:
     """Batch contract tensors for ``records`` (one per query) and the numbers for ``meta``."""
     groups = [choose_group(rec, opts.group_size, rng) for rec, rng in zip(records, rngs)]
-    queries = tokenize(tokenizer, [query_text(r, opts) for r in records], opts.query_max_len, pad_to_multiple_of)
-    passages = tokenize(tokenizer, passage_texts([g.passages for g in groups], opts), opts.passage_max_len,
-                        pad_to_multiple_of)
+    query_ids = token_ids(tokenizer, [query_text(r, opts) for r in records], opts.query_max_len)
+    passage_ids = token_ids(tokenizer, passage_texts([g.passages for g in groups], opts), opts.passage_max_len)
+    pad = int(tokenizer.pad_token_id)
+    queries, passages = pad_ids(query_ids, pad, pad_to_multiple_of), pad_ids(passage_ids, pad, pad_to_multiple_of)
     teacher = None
     if groups and all(g.scores is not None for g in groups):
         teacher = torch.tensor([g.scores for g in groups], dtype=torch.float32)
@@ -136,7 +151,7 @@ def collate_group_batch(records: list[TrainRecord], rngs: list[np.random.Generat
     batch = {"queries": queries, "passages": passages, "teacher_scores": teacher,
              "no_in_batch_neg": bool(opts.no_in_batch_neg)}
     view, stats["translated_queries"], stats["translated_positives"] = translated_view(
-        records, groups, opts, tokenizer, pad_to_multiple_of)
+        records, groups, opts, tokenizer, query_ids, passage_ids, pad_to_multiple_of)
     if view is not None:
         batch["views"] = view
     return batch, stats
