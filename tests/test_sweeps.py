@@ -26,6 +26,7 @@ from m3lit.runs.wandb_file import iter_record_bytes
 register_resolvers()
 SWEEPS = Path(SWEEPS_DIR)
 SCHEMES = sorted(p.stem for p in (SWEEPS / "scheme").glob("*.yaml"))
+SCHEME_SWEEPS = ("teacher_weighting", "self_kd", "self_kd_finetune")
 HYDRA_SWEEPS = sorted(p.stem for p in (SWEEPS / "sweep").glob("*.yaml"))
 WANDB_SWEEPS = sorted(p.name for p in (SWEEPS / "wandb_sweep").glob("*.yaml"))
 # A fast_dev_run step with a small evaluation (one language, a few queries) and no export.
@@ -93,7 +94,8 @@ def wandb_agent_commands(sweep_file: Path) -> list[list[str]]:
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_every_scheme_composes_and_trains_a_step(scheme, tmp_path):
-    summary = run_job(["+sweep=teacher_weighting", f"+scheme={scheme}"], tmp_path)
+    deeper = ["model.encoder_config.num_hidden_layers=4"] if scheme == "layerwise_mid" else []  # it teaches layer 3
+    summary = run_job(["+sweep=teacher_weighting", f"+scheme={scheme}", *deeper], tmp_path)
     config = summary["config"]
     assert config["hydra"]["choices"]["scheme"] == scheme
     assert summary["name"] == f"tiny-{scheme}" and summary["group"] == "teacher_weighting"
@@ -102,9 +104,9 @@ def test_every_scheme_composes_and_trains_a_step(scheme, tmp_path):
                         "external_self": "MixedTeacher", "external": "ExternalTeacher",
                         "weighted_scored": "WeightedTeacher", "ema": "EmaTeacher",
                         "views_token_drop": "ViewsTeacher", "views_mask": "ViewsTeacher",
-                        "views_translation": "ViewsTeacher",
+                        "views_translation": "ViewsTeacher", "views_dropout": "ViewsTeacher",
                         "mix_ensemble_ema": "MixTeacher", "snapshot": "SnapshotTeacher",
-                        "layerwise": "LayerwiseTeacher"}[scheme]
+                        "layerwise": "LayerwiseTeacher", "layerwise_mid": "LayerwiseTeacher"}[scheme]
     assert config["teacher"]["_target_"].endswith(expected_teacher)
     assert config["loss"]["self_distill"] is (scheme != "no_self_distill")
     scored = scheme in ("external", "weighted_scored")
@@ -136,7 +138,7 @@ def test_every_hydra_sweep_composes_and_its_first_job_trains(name, tmp_path):
         jobs = basic_sweep_jobs(params)
         assert len(jobs) >= 2
         job = jobs[0]
-        if name in ("teacher_weighting", "self_kd"):  # scheme runs: test_every_scheme_composes_and_trains_a_step
+        if name in SCHEME_SWEEPS:  # scheme runs: test_every_scheme_composes_and_trains_a_step
             assert {j[0] for j in jobs} <= {f"+scheme={s}" for s in SCHEMES}
             return
     summary = run_job([f"+sweep={name}"] + job, tmp_path)
@@ -154,7 +156,7 @@ def test_every_hydra_sweep_composes_and_its_first_job_trains(name, tmp_path):
 
 def test_every_scheme_is_in_a_sweep():
     covered = set()
-    for name in ("teacher_weighting", "self_kd"):
+    for name in SCHEME_SWEEPS:
         GlobalHydra.instance().clear()
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             params = compose("train", overrides=[f"+sweep={name}"], return_hydra_config=True).hydra.sweeper.params
