@@ -22,6 +22,7 @@ from .model import M3Model, M3Reps
 from .model.layerwise import HeadSet, check_layers, layer_reps
 from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import MASKED_SCORE, score_candidates
+from .scale.fast_dropout import use_fast_dropout
 from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
 from .scale.lean_ffn import recompute_gelu
 from .scale.nonfinite import NonFiniteLossError, SkipCounter, all_finite, describe
@@ -80,6 +81,9 @@ class M3LightningModule(L.LightningModule):
             fused = recompute_gelu(self.model.encoder)
             log.info("train_step.encoding.recompute_gelu: GELU recomputed in the backward pass in %d of %d layers",
                      fused, getattr(self.model.encoder.config, "num_hidden_layers", 0))
+        if self.train_step_options.encoding.fast_dropout:
+            log.info("train_step.encoding.fast_dropout: %d dropout module(s) draw their CPU masks from 16-bit lanes",
+                     use_fast_dropout(self.model.encoder))
         self.skips = SkipCounter(nonfinite_max_consecutive, nonfinite_max_total)
         self._drop_update = False
         self._pending_rng: dict[str, Any] | None = None

@@ -6,10 +6,12 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from torch import nn
 
 from m3lit.cli.resolvers import CONFIG_DIR, register_resolvers
 from m3lit.inference.embedder import load_tokenizer
 from m3lit.model import build_m3_model
+from m3lit.scale.fast_dropout import FastDropout
 
 register_resolvers()
 
@@ -45,7 +47,8 @@ def test_training_step_runs_in_train_mode_with_active_dropout(dropout_model_dir,
         mask = batch["queries"]["attention_mask"][:2]
         with torch.no_grad():
             a, b = self.model.hidden_states(ids, mask), self.model.hidden_states(ids, mask)
-        seen.append((all(m.training for m in self.modules()), not torch.equal(a, b)))
+        fast = all(isinstance(m, FastDropout) for m in self.model.encoder.modules() if isinstance(m, nn.Dropout))
+        seen.append((all(m.training for m in self.modules()), not torch.equal(a, b), fast))
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(M3LightningModule, "training_step", spy)
@@ -55,7 +58,7 @@ def test_training_step_runs_in_train_mode_with_active_dropout(dropout_model_dir,
     # the loaded encoder really comes in eval mode (what from_pretrained does)
     assert cfg.model.path == dropout_model_dir
     run(cfg)
-    assert seen == [(True, True), (True, True)]
+    assert seen == [(True, True, True), (True, True, True)]  # train mode, dropout active, fast masks (default)
 
 
 def test_pretrained_brings_the_finetune_optimiser_and_the_command_line_wins():

@@ -1,5 +1,6 @@
 """Packed attention without flash-attn: text by text through SDPA, grouped by length, exact, and lean in memory."""
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -60,12 +61,12 @@ def test_varlen_attention_gradients_equal_the_reference():
         torch.testing.assert_close(a, t.grad, atol=1e-6, rtol=0)
 
 
-def saved_bytes_and_grads(q, k, v, cu, dropout, seed=7):
+def saved_bytes_and_grads(q, k, v, cu, dropout, seed=7, module=None):
     saved = []
     torch.manual_seed(seed)
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel() * t.element_size()) or t,
                                                   lambda t: t):
-        out = varlen_sdpa_forward(None, q, k, v, None, dropout=dropout, cu_seq_lens_q=cu)[0]
+        out = varlen_sdpa_forward(module, q, k, v, None, dropout=dropout, cu_seq_lens_q=cu)[0]
     out.sum().backward()
     grads = [t.grad.clone() for t in (q, k, v)]
     for t in (q, k, v):
@@ -73,18 +74,23 @@ def saved_bytes_and_grads(q, k, v, cu, dropout, seed=7):
     return sum(saved), out.detach(), grads
 
 
-def test_attention_dropout_is_recomputed_not_stored(monkeypatch):
+@pytest.mark.parametrize("fast", [False, True], ids=["stock_dropout", "fast_dropout"])
+def test_attention_dropout_is_recomputed_not_stored(monkeypatch, fast):
     """With attention dropout the probabilities are not kept for the backward pass (the SDPA call is recomputed),
-    and the recomputation replays the same dropout draws: outputs and gradients equal the stored path's."""
+    and the recomputation replays the same dropout draws: outputs and gradients equal the stored path's — with
+    SDPA's own dropout, and with the written-out attention of an attention module whose dropout is FastDropout."""
     from m3lit.scale import varlen_attention
+    from m3lit.scale.fast_dropout import FastDropout
 
+    module = types.SimpleNamespace(dropout=FastDropout(0.3)) if fast else None
     lengths = [64, 60, 58, 9]
     q, k, v, cu = packed_qkv(lengths, heads=4, dim=8, requires_grad=True)
     assert len(length_groups(lengths)) == 2  # the three long texts share one call, the short one has its own
-    lean, out, grads = saved_bytes_and_grads(q, k, v, cu, dropout=0.3)
-    monkeypatch.setattr(varlen_attention, "_attention", lambda q_, k_, v_, m, p, s: F.scaled_dot_product_attention(
-        q_, k_, v_, attn_mask=m, dropout_p=p, scale=s))
-    stored, out_stored, grads_stored = saved_bytes_and_grads(q, k, v, cu, dropout=0.3)
+    lean, out, grads = saved_bytes_and_grads(q, k, v, cu, dropout=0.3, module=module)
+    stored_attention = varlen_attention._attention_fast_dropout if fast else F.scaled_dot_product_attention
+    monkeypatch.setattr(varlen_attention, "_attention",
+                        lambda q_, k_, v_, m, p, s, fast_=False: stored_attention(q_, k_, v_, m, p, scale=s))
+    stored, out_stored, grads_stored = saved_bytes_and_grads(q, k, v, cu, dropout=0.3, module=module)
     probabilities = 3 * 4 * 64 * 64 * 4  # bytes of the long group's (3, 4, 64, 64) probabilities
     assert stored - lean >= 2 * probabilities, (stored, lean)  # softmax output and its dropped copy are gone
     torch.testing.assert_close(out, out_stored, atol=0, rtol=0)
@@ -186,7 +192,6 @@ def test_computed_tokens_count_what_the_encoder_computes():
 def test_long_texts_attend_in_query_chunks_with_the_same_result(monkeypatch):
     """On the recomputed (dropout) path long texts attend in chunks of query rows; softmax is per row, so with the
     dropout itself switched off the output and gradients equal one whole call."""
-    import types
 
     from m3lit.scale import varlen_attention
 

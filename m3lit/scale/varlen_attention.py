@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .fast_dropout import FastDropout, fast_dropout
+
 
 def length_groups(lengths: list[int], slack: float = 0.25) -> list[list[int]]:
     """Text indices grouped for one padded SDPA call each: sorted longest first, a group grows while its padded
@@ -39,17 +41,34 @@ def length_groups(lengths: list[int], slack: float = 0.25) -> list[list[int]]:
 MAX_SCORES = 2 ** 24  # score elements (n × H × queries × keys) of one SDPA call on the recomputed path
 
 
+def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                            dropout: float, scale: float | None = None) -> torch.Tensor:
+    """Attention written out, with the probabilities' dropout mask from ``fast_dropout``:
+    ``dropout(softmax(q kᵀ · scale + mask)) v``, the two products in q's dtype (bf16 under bf16 autocast, as SDPA's
+    math path computes on CUDA; on CPU SDPA would compute them in float32, 3–4× slower), softmax and dropout in
+    float32. q (n, H, l, Dh), k / v (n, H, m, Dh), mask (n, 1, 1, m) bool (True: attend) or None."""
+    with torch.autocast("cpu", enabled=False):
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        scores = torch.matmul(q, k.transpose(-1, -2)).float().mul_(q.shape[-1] ** -0.5 if scale is None else scale)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        probs = fast_dropout(torch.softmax(scores, dim=-1), dropout)
+        return torch.matmul(probs.to(v.dtype), v)
+
+
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float,
-               scaling: float | None) -> torch.Tensor:
+               scaling: float | None, fast: bool = False) -> torch.Tensor:
     """SDPA; with attention dropout in a backward pass on CPU (SDPA's math path, which would keep the (n, H, l, l)
     probabilities and dropout mask; CUDA's fused kernels keep none) the call is recomputed in the backward
     instead (same RNG draws), so only q, k, v are kept: about 7 % more step time (measured on CPU, small model)
     for a quarter of the saved activations. Long texts go in chunks of query rows (softmax is per row, so the
-    result is the same) of at most ``MAX_SCORES`` score elements each, so that memory grows with l, not l²."""
+    result is the same) of at most ``MAX_SCORES`` score elements each, so that memory grows with l, not l².
+    ``fast``: the attention module's dropout is a ``FastDropout``, so the mask is drawn as it draws its own."""
     if dropout > 0 and torch.is_grad_enabled() and q.requires_grad and q.device.type == "cpu":
         rows = max(1, MAX_SCORES // max(1, q.shape[0] * q.shape[1] * k.shape[-2]))
-        parts = [checkpoint(F.scaled_dot_product_attention, q[:, :, i:i + rows], k, v, mask, dropout,
-                            scale=scaling, use_reentrant=False) for i in range(0, q.shape[-2], rows)]
+        attend = _attention_fast_dropout if fast else F.scaled_dot_product_attention
+        parts = [checkpoint(attend, q[:, :, i:i + rows], k, v, mask, dropout, scale=scaling, use_reentrant=False)
+                 for i in range(0, q.shape[-2], rows)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, scale=scaling)
 
@@ -67,6 +86,7 @@ def varlen_sdpa_forward(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         raise ValueError(f"packed attention: needs one packed row (1, H, T, Dh) and cu_seq_lens_q; got a batch of "
                          f"{query.shape[0]} row(s)" + ("" if cu_seq_lens_q is not None else " without cu_seq_lens_q"))
     _calls += 1
+    fast = isinstance(getattr(module, "dropout", None), FastDropout)
     bounds = cu_seq_lens_q.tolist()
     starts, lengths = bounds[:-1], [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     heads, total, dim = query.shape[1], query.shape[2], query.shape[3]
@@ -77,7 +97,7 @@ def varlen_sdpa_forward(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         if len(members) == 1:
             s = starts[members[0]]
             q, k, v = (t[s:s + width].view(1, width, heads, dim).transpose(1, 2) for t in flat)
-            o = _attention(q, k, v, None, dropout, scaling)
+            o = _attention(q, k, v, None, dropout, scaling, fast)
             positions.append(torch.arange(s, s + width, device=query.device))
             outputs.append(o[0].transpose(0, 1).reshape(width, heads * dim))
             continue
@@ -87,7 +107,7 @@ def varlen_sdpa_forward(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         valid = offsets[None] < size[:, None]                                    # (n, width)
         index = torch.where(valid, first[:, None] + offsets[None], 0)            # padding reads token 0, masked
         q, k, v = (t[index].view(len(members), width, heads, dim).transpose(1, 2) for t in flat)
-        o = _attention(q, k, v, valid[:, None, None, :], dropout, scaling)
+        o = _attention(q, k, v, valid[:, None, None, :], dropout, scaling, fast)
         o = o.transpose(1, 2).reshape(len(members) * width, heads * dim)
         keep = valid.reshape(-1)
         positions.append(index.reshape(-1)[keep])
