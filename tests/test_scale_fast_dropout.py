@@ -14,6 +14,14 @@ from m3lit.scale.fast_dropout import FastDropout, drop_mask, fast_dropout, quant
 from m3lit.scale.varlen_attention import _attention, _attention_fast_dropout
 
 
+def dropout_bert(attention_dropout: float = 0.1) -> nn.Module:
+    """A 2-layer BERT (hidden 16) with hidden dropout 0.1."""
+    from transformers import BertConfig, BertModel
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=32, hidden_dropout_prob=0.1, attention_probs_dropout_prob=attention_dropout)
+    return BertModel(config, add_pooling_layer=False)
+
+
 @pytest.mark.parametrize("p", [0.1, 0.25, 0.5, 0.9])
 def test_drop_rate_in_every_lane(p):
     """Each of the four int16 lanes of a 64-bit draw (the lowest has 15 random bits) drops at quantized_rate(p):
@@ -81,10 +89,7 @@ def test_eval_mode_and_zero_rate_are_identity():
 
 
 def test_use_fast_dropout_replaces_every_dropout_keeping_rate_and_mode():
-    from transformers import BertConfig, BertModel
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.2)
-    model = BertModel(config).train()
+    model = dropout_bert(attention_dropout=0.2).train()
     stock = {name: m.p for name, m in model.named_modules() if isinstance(m, nn.Dropout)}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     assert use_fast_dropout(model) == len(stock) == 1 + 2 * 3  # embeddings + (attention, 2 outputs) per layer
@@ -122,17 +127,12 @@ def test_packed_attention_draws_its_mask_fast_and_matches_sdpa_without_dropout()
 
 
 def test_training_module_applies_it_unless_turned_off():
-    from transformers import BertConfig, BertModel
-
     from m3lit.loss import M3Loss
     from m3lit.model import M3Model
     from m3lit.module import M3LightningModule
 
     def kinds(**encoding):
-        config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                            intermediate_size=32, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-        module = M3LightningModule(M3Model(BertModel(config, add_pooling_layer=False), special_ids=[0, 1, 2]),
-                                   M3Loss(), encoding=encoding)
+        module = M3LightningModule(M3Model(dropout_bert(), special_ids=[0, 1, 2]), M3Loss(), encoding=encoding)
         return sorted({type(m).__name__ for m in module.model.modules() if isinstance(m, nn.Dropout)})
 
     assert kinds() == ["FastDropout"]

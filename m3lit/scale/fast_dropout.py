@@ -17,6 +17,8 @@ probabilities' mask the same way when its module's dropout is a ``FastDropout``.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,9 +39,7 @@ def drop_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Ge
     the four int16 lanes of each value hold 15, 16, 16 and 16 random bits (the lowest lane's least significant
     bit is 0). Lane values ``v`` are uniform over [−32768, 32767] (even values only in the lowest lane), and
     ``v < −32768 + 2k`` holds for 2k of 65536 values (k of 32768 even ones): probability 2k / 65536 in every lane."""
-    n = 1
-    for size in shape:
-        n *= int(size)
+    n = math.prod(shape)
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(generator=generator)
     bits.bitwise_left_shift_(1)
     threshold = -LEVELS // 2 + round(quantized_rate(p) * LEVELS)
