@@ -150,3 +150,23 @@ def test_packed_attention_in_bf16_keeps_its_dtype_and_the_float32_result():
     got = _attention_fast_dropout(*(t.bfloat16() for t in (q, k, v)), mask, 0.0)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, atol=3e-2, rtol=0)
+
+
+def test_packed_attention_with_dropout_in_bf16_is_the_float32_formula_with_the_same_mask():
+    """bf16 with dropout: the in-place scaled and masked bf16 scores, float32 softmax and the 1 / (1 − p_q) on the
+    output give the float32 formula with drop_mask's mask, to bf16 rounding; gradients flow back in bf16."""
+    torch.manual_seed(10)
+    q, k, v = (torch.randn(2, 3, 24, 16) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 24, dtype=torch.bool)
+    mask[1, ..., 17:] = False
+    q16, k16, v16 = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    torch.manual_seed(11)
+    got = _attention(q16, k16, v16, mask, 0.2, None, True)
+    got.float().sum().backward()
+    torch.manual_seed(11)
+    dropped = drop_mask((2, 3, 24, 24), 0.2)
+    probs = torch.softmax((q @ k.transpose(-1, -2) / 4).masked_fill(~mask, float("-inf")), -1)
+    want = torch.where(dropped, 0.0, probs / (1 - quantized_rate(0.2))) @ v
+    assert got.dtype == torch.bfloat16 and q16.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=0)
+    assert 0.1 < dropped.float().mean() < 0.3
