@@ -49,8 +49,8 @@ def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     softmax in float32. q (n, H, l, Dh), k / v (n, H, m, Dh), mask (n, 1, 1, m) bool (True: attend) or None.
 
     Few passes over the (n, H, l, m) tensors, which take most of its time: the scores are scaled and masked in
-    place in q's dtype, softmax reads them and writes float32 (``dtype=``: no float32 copy of the scores), the
-    dropout zeroes a copy in v's dtype in place, and 1 / (1 − p_q) scales the (n, H, l, Dh) output instead of the
+    place in q's dtype, softmax computes in float32 (``dtype=``: its float32 copy of the scores is transient, the
+    graph keeps the probabilities only), the dropout zeroes a copy in v's dtype in place, and 1 / (1 − p_q) scales the (n, H, l, Dh) output instead of the
     probabilities (``benchmarks/attention_dropout.py``: 2× SDPA's speed in bf16, the same in float32)."""
     with torch.autocast("cpu", enabled=False):
         k, v = k.to(q.dtype), v.to(q.dtype)
