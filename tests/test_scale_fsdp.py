@@ -14,6 +14,12 @@ SCRIPT = Path(__file__).parent / "scripts" / "scale_fsdp.py"
 def results(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("fsdp")
     proc = subprocess.run([sys.executable, str(SCRIPT), str(workdir)], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "terminated with signal SIGSEGV" in proc.stderr:
+        # a rank of the 2-process gloo run has crashed once under the full suite's load (not reproduced alone);
+        # one rerun, reported, so that a crash twice or any other failure still fails
+        print("scale_fsdp.py: a rank crashed (SIGSEGV); rerunning once\n" + proc.stderr[-2000:], file=sys.stderr)
+        proc = subprocess.run([sys.executable, str(SCRIPT), str(workdir)], capture_output=True, text=True,
+                              timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads((workdir / "results.json").read_text())
 
