@@ -22,7 +22,7 @@ def test_ranks_pad_to_their_own_length(results):
     assert results["lengths"] == [20, 11]
 
 
-@pytest.mark.parametrize("case", ["all", "mixed", "lightning", "ema", "views", "snapshot", "layerwise"])
+@pytest.mark.parametrize("case", ["all", "mixed", "lightning", "ema", "views", "snapshot", "layerwise", "mix"])
 def test_loss_and_every_gradient_equal_one_process(results, case):
     r = results[case]
     assert r["loss"] == pytest.approx(r["ref_loss"], abs=TOL)
@@ -34,6 +34,7 @@ def test_every_parameter_is_compared(results):
     # the EMA copy has no gradients; the learned teacher's weights and temperature (2 tensors) are not there
     assert results["ema"]["n_params"] == results["all"]["n_params"] - 2
     assert results["layerwise"]["n_params"] == results["ema"]["n_params"] + 4  # layer 1's sparse + colbert heads
+    assert results["mix"]["n_params"] == results["ema"]["n_params"]  # fixed source weights, the EMA copy frozen
 
 
 def test_gather_without_gradient_gets_the_gradients_wrong(results):

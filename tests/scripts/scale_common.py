@@ -17,6 +17,7 @@ from m3lit.loss import (
     LayerwiseTeacher,
     LearnedTeacher,
     M3Loss,
+    MixTeacher,
     SnapshotTeacher,
     ViewsTeacher,
     WeightedTeacher,
@@ -30,10 +31,11 @@ TINY_M3 = str(Path(__file__).resolve().parents[1] / "fixtures" / "tiny_m3")
 def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = True, heads=None, hidden: int = 16,
                 layers: int = 2, attn: str = "sdpa", model_type: str = "xlm-roberta", use_data_scores: bool = True,
                 ema: bool = False, views: dict | None = None, snapshot: bool = False, layerwise: dict | None = None,
-                **train_step) -> M3LightningModule:
+                mix: dict | None = None, **train_step) -> M3LightningModule:
     """A 2-layer, hidden-16 M3 module (all heads, self-distillation, learned teacher weights by default when there
     are two heads or more; the teacher uses batches' teacher scores). ``ema``: teacher=ema (decay 0.5) whose copy is
-    moved off the model by seeded noise, so that its targets differ from the model's own ensemble."""
+    moved off the model by seeded noise, so that its targets differ from the model's own ensemble. ``mix``:
+    teacher=mix with these keyword arguments (an ``ema`` source's copy is moved off the same way)."""
     tok = load_tokenizer(TINY_M3)
     torch.manual_seed(seed)
     cfg = dict(model_type=model_type, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
@@ -52,9 +54,11 @@ def tiny_module(dropout: float = 0.0, seed: int = 0, learned_teacher: bool = Tru
         teacher = SnapshotTeacher(use_data_scores=use_data_scores)
     if layerwise is not None:  # teacher=layerwise with these options
         teacher = LayerwiseTeacher(use_data_scores=use_data_scores, **layerwise)
+    if mix is not None:
+        teacher = MixTeacher(**mix)
     loss = M3Loss(teacher=teacher, self_distill=True)
     module = M3LightningModule(model, loss, tok, **train_step)
-    copies = ([module.ema.copy] if ema else []) + ([module.snapshot.copy] if snapshot else [])
+    copies = ([module.ema.copy] if module.ema is not None else []) + ([module.snapshot.copy] if snapshot else [])
     if snapshot:
         module.snapshot.take(module.model)
     for copy in copies:

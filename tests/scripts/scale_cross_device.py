@@ -47,11 +47,11 @@ def averaged(loss, g):
     return float(loss) / WORLD, out
 
 
-def reference(batch, local_heads=(), ema=False, views=None, snapshot=False, layerwise=None):
+def reference(batch, local_heads=(), ema=False, views=None, snapshot=False, layerwise=None, mix=None):
     """One process, whole batch; heads in ``local_heads`` only see candidates from the query's own rank."""
     from m3lit.scale.cross_device import MASKED_SCORE
 
-    module = tiny_module(cross_device=False, ema=ema, views=views, snapshot=snapshot, layerwise=layerwise)
+    module = tiny_module(cross_device=False, ema=ema, views=views, snapshot=snapshot, layerwise=layerwise, mix=mix)
     original = module.compute_scores
 
     def scores(q, p, no_in_batch_neg):
@@ -164,10 +164,15 @@ def worker(rank, port, out_path):
     cases["views"] = ({h: True for h in HEADS}, ())  # token_drop, symmetric: the second view with gradient
     cases["snapshot"] = ({h: True for h in HEADS}, ())  # group targets placed at each rank's column offset
     cases["layerwise"] = ({h: True for h in HEADS}, ())  # layer 1's own heads, their candidates gathered too
+    cases["mix"] = ({h: True for h in HEADS}, ())  # ensemble, EMA copy, a token-drop view and the data's scores
     views = {"view": "token_drop", "rate": 0.3, "direction": "symmetric", "seed": 5}
+    mix = {"sources": {"ensemble": 0.4, "ema": 0.3, "views": 0.2, "external": 0.1},
+           "temperatures": {"ema": 0.8, "views": 1.2}, "ema": {"decay": 0.5},
+           "views": {"view": "token_drop", "rate": 0.3, "seed": 5}}
     for name, (flags, local_heads) in cases.items():
         extra = {"ema": name == "ema", "views": views if name == "views" else None, "snapshot": name == "snapshot",
-                 "layerwise": {"layers": [1], "shared_heads": False} if name == "layerwise" else None}
+                 "layerwise": {"layers": [1], "shared_heads": False} if name == "layerwise" else None,
+                 "mix": mix if name == "mix" else None}
         loss, g = averaged(*step(tiny_module(cross_device=flags, **extra), local))
         ref_loss, ref = reference(batch, local_heads, **extra)
         worst, param = max_grad_diff(ref, g)
