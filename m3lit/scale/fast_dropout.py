@@ -32,6 +32,11 @@ def quantized_rate(p: float) -> float:
     return 2 * round(p * LEVELS / 2) / LEVELS
 
 
+def keep_scale(p: float) -> float:
+    """``1 / (1 − p_q)``: the factor of the kept elements, so that the expectation is the input's."""
+    return 1.0 / (1.0 - quantized_rate(p))
+
+
 def drop_mask(shape: torch.Size | tuple[int, ...], p: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Bool tensor of ``shape`` on CPU, True where an element is dropped, each with probability ``quantized_rate(p)``.
 
@@ -53,8 +58,7 @@ def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tens
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    rate = quantized_rate(p)
-    return x.mul(1.0 / (1.0 - rate)).masked_fill_(drop_mask(x.shape, p), 0.0)
+    return x.mul(keep_scale(p)).masked_fill_(drop_mask(x.shape, p), 0.0)
 
 
 class FastDropout(nn.Dropout):

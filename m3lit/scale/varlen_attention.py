@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .fast_dropout import FastDropout, drop_mask, quantized_rate
+from .fast_dropout import FastDropout, drop_mask, keep_scale
 
 
 def length_groups(lengths: list[int], slack: float = 0.25) -> list[list[int]]:
@@ -50,8 +50,9 @@ def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
 
     Few passes over the (n, H, l, m) tensors, which take most of its time: the scores are scaled and masked in
     place in q's dtype, softmax computes in float32 (``dtype=``: its float32 copy of the scores is transient, the
-    graph keeps the probabilities only), the dropout zeroes a copy in v's dtype in place, and 1 / (1 − p_q) scales the (n, H, l, Dh) output instead of the
-    probabilities (``benchmarks/attention_dropout.py``: 2× SDPA's speed in bf16, the same in float32)."""
+    graph keeps the probabilities only), the dropout zeroes a copy in v's dtype in place, and 1 / (1 − p_q)
+    (``keep_scale``) scales the (n, H, l, Dh) output instead of the probabilities (``benchmarks/attention_dropout.py``:
+    2× SDPA's speed in bf16, the same in float32)."""
     with torch.autocast("cpu", enabled=False):
         k, v = k.to(q.dtype), v.to(q.dtype)
         scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5 if scale is None else scale)
@@ -62,7 +63,7 @@ def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
         if dropout == 0.0:
             return torch.matmul(probs.to(v.dtype), v)
         dropped = probs.to(v.dtype, copy=True).masked_fill_(drop_mask(probs.shape, dropout), 0.0)
-        return torch.matmul(dropped, v).mul_(1.0 / (1.0 - quantized_rate(dropout)))
+        return torch.matmul(dropped, v).mul_(keep_scale(dropout))
 
 
 def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout: float,
