@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import torch
@@ -58,6 +58,7 @@ class M3LightningModule(L.LightningModule):
         warmup_steps: int | None = None,
         teacher_lr: float | None = None,
         head_lr: Mapping[str, float | None] | None = None,
+        implementation: str = "auto",
         cross_device: Mapping[str, bool] | bool | None = None,
         encoding: Mapping[str, Any] | None = None,
         nonfinite: str = "stop",
@@ -70,7 +71,7 @@ class M3LightningModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
                           warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, teacher_lr=teacher_lr,
-                          head_lr=_head_lr(head_lr))
+                          head_lr=_head_lr(head_lr), implementation=_adamw_implementation(implementation))
         self._step_started: float | None = None
         self._step_tokens: tuple[int, int] | None = None
         self._last_batch_end: float | None = None
@@ -411,10 +412,20 @@ class M3LightningModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
                                     gradient_clip_algorithm: str | None = None) -> None:
-        if not is_sharded(self.model) or not gradient_clip_val or gradient_clip_algorithm == "value":
+        """Lightning's clipping, except for sharded models (FSDP2's total norm) and fused AdamW, which Lightning's
+        mixed-precision plugin refuses to clip (no gradient scaler runs with a fused optimizer here, see
+        :func:`adamw_kernel`, so the gradients are unscaled)."""
+        fused = bool(optimizer.defaults.get("fused"))
+        if not gradient_clip_val or not (is_sharded(self.model) or fused):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         params = [p for group in optimizer.param_groups for p in group["params"]]
+        if gradient_clip_algorithm == "value":
+            if not fused:
+                return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+            torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
+            return None
         self.log("train/grad_norm", clip_grad_norm_(params, float(gradient_clip_val)))
+        return None
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -438,7 +449,10 @@ class M3LightningModule(L.LightningModule):
         if teacher_params:
             groups.append({"params": teacher_params, "weight_decay": 0.0, "name": "teacher",
                            "lr": self.optim["teacher_lr"] or lr})
-        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.optim["betas"], eps=self.optim["eps"])
+        optimizer = torch.optim.AdamW(groups, lr=lr, betas=self.optim["betas"], eps=self.optim["eps"],
+                                      **adamw_kernel(self.optim["implementation"],
+                                                     [p for g in groups for p in g["params"]],
+                                                     str(self.trainer.precision)))
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = self.optim["warmup_steps"]
         if warmup is None:
@@ -454,6 +468,30 @@ class M3LightningModule(L.LightningModule):
 
 
 HEAD_MODULES = {"sparse": "sparse_head", "colbert": "colbert_head"}
+ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
+
+
+def _adamw_implementation(name: str) -> str:
+    if name not in ADAMW_IMPLEMENTATIONS:
+        raise ValueError(f"optim.implementation={name!r}: expected one of {ADAMW_IMPLEMENTATIONS}")
+    return name
+
+
+def adamw_kernel(implementation: str, params: Sequence[torch.Tensor], precision: str = "32-true") -> dict[str, bool]:
+    """``torch.optim.AdamW`` keyword arguments for ``optim.implementation``: ``fused`` (one kernel over all
+    parameters: on CPU 12 ms instead of 45–63 ms a step for 17M parameters), ``foreach`` (batched ops, torch's CUDA
+    default), ``for_loop`` (one parameter at a time, torch's CPU default) or ``auto``: fused where every parameter is
+    a plain floating-point tensor (FSDP2's sharded DTensor parameters keep torch's default) and no float16 gradient
+    scaler runs (``precision`` 16-mixed: Lightning clips scaled gradients only with an unfused optimizer)."""
+    scaled = "16" in precision and "bf16" not in precision
+    if implementation == "fused" and scaled:
+        raise ValueError(f"optim.implementation=fused with trainer.precision={precision}: the float16 gradient "
+                         f"scaler needs an unfused AdamW (use auto, foreach or for_loop)")
+    if implementation == "auto":
+        plain = all(type(p) in (torch.Tensor, nn.Parameter) and p.is_floating_point() for p in params)
+        implementation = "fused" if plain and params and not scaled else "default"
+    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}.get(
+        implementation, {})
 
 
 def signature_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:

@@ -76,7 +76,7 @@ def test_head_learning_rates_reach_the_optimizer(dropout_model_dir):
     cfg = compose_train("model=pretrained", f"model.path={dropout_model_dir}", "optim.head_lr.colbert=5e-4",
                         "teacher=learned", "optim.teacher_lr=0.1")
     module = build_module(cfg)
-    module._trainer = types.SimpleNamespace(estimated_stepping_batches=10)
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=10, precision="32-true")
     optimizer = module.configure_optimizers()["optimizer"]
     rates = {g["name"]: g["initial_lr"] if "initial_lr" in g else g["lr"] for g in optimizer.param_groups}
     assert rates == {"encoder": 2e-5, "encoder/no_decay": 2e-5, "sparse": 1e-3, "sparse/no_decay": 1e-3,
@@ -119,3 +119,61 @@ def test_finetune_small_experiment_brings_the_one_epoch_settings():
     assert cfg.loss.temperature == 0.05 and cfg.loss.head_weights.sparse == 1.0 and cfg.loss.head_weights.dense == 1.0
     assert cfg.optim.lr == 1e-4 and dict(cfg.optim.head_lr) == {"sparse": 1e-3, "colbert": 1e-3}
     assert compose_train("experiment=finetune_small", "model.path=/m", "optim.lr=3e-5").optim.lr == 3e-5
+
+
+def test_adamw_implementation_auto_is_fused_on_plain_parameters_and_equals_the_for_loop(dropout_model_dir):
+    from m3lit.cli.train import build_module
+    from m3lit.module import adamw_kernel
+
+    optimizers = {}
+    for name in ("auto", "for_loop", "foreach"):
+        torch.manual_seed(0)
+        module = build_module(compose_train("model=pretrained", f"model.path={dropout_model_dir}",
+                                            f"optim.implementation={name}"))
+        module._trainer = types.SimpleNamespace(estimated_stepping_batches=10, precision="32-true")
+        optimizer = module.configure_optimizers()["optimizer"]
+        optimizers[name] = (module, optimizer)
+    assert optimizers["auto"][1].defaults["fused"] is True
+    assert optimizers["for_loop"][1].defaults["foreach"] is False and not optimizers["for_loop"][1].defaults["fused"]
+    params = {name: [p for g in opt.param_groups for p in g["params"]] for name, (_, opt) in optimizers.items()}
+    start = [p.detach().clone() for p in params["auto"]]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):  # the same gradients, three updates
+        grads = [torch.randn(p.shape, generator=generator) for p in params["auto"]]
+        for name, (_, optimizer) in optimizers.items():
+            for p, g in zip(params[name], grads):
+                p.grad = g.clone()
+            optimizer.step()
+    assert max((a - b).abs().max().item() for a, b in zip(params["auto"], start)) > 1e-5  # the updates moved them
+    for name in ("for_loop", "foreach"):
+        assert max((a - b).abs().max().item() for a, b in zip(params["auto"], params[name])) < 1e-6
+    subclass = type("Sharded", (torch.Tensor,), {})  # stands for FSDP2's DTensor parameters
+    sharded = torch.Tensor._make_subclass(subclass, torch.zeros(2))
+    assert adamw_kernel("auto", [nn.Parameter(torch.zeros(2))]) == {"fused": True}
+    assert adamw_kernel("auto", [torch.zeros(2, dtype=torch.int64)]) == {}
+    assert adamw_kernel("auto", [nn.Parameter(torch.zeros(2)), sharded]) == {}  # torch's default for subclasses
+    assert adamw_kernel("auto", [nn.Parameter(torch.zeros(2))], "16-mixed") == {}  # the fp16 scaler: unfused
+    with pytest.raises(ValueError, match="float16 gradient scaler"):
+        adamw_kernel("fused", [nn.Parameter(torch.zeros(2))], "16-mixed")
+    with pytest.raises(ValueError, match="optim.implementation='fast'"):
+        build_module(compose_train("model=pretrained", f"model.path={dropout_model_dir}", "optim.implementation=fast"))
+
+
+def test_fused_adamw_clips_gradients_itself(dropout_model_dir):
+    """Lightning refuses to clip a fused optimizer under mixed precision; the module clips it (no scaler runs)."""
+    from m3lit.cli.train import build_module
+
+    module = build_module(compose_train("model=pretrained", f"model.path={dropout_model_dir}"))
+    module._trainer = types.SimpleNamespace(estimated_stepping_batches=10, precision="bf16-mixed")
+    optimizer = module.configure_optimizers()["optimizer"]
+    assert optimizer.defaults["fused"] is True
+    module.log = lambda *args, **kwargs: None
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for algorithm, value in (("norm", 1.0), ("value", 0.01)):
+        for p in params:
+            p.grad = torch.full_like(p, 3.0)
+        module.configure_gradient_clipping(optimizer, value, algorithm)
+        if algorithm == "norm":
+            assert torch.sqrt(sum(p.grad.pow(2).sum() for p in params)).item() == pytest.approx(1.0, rel=1e-4)
+        else:
+            assert max(p.grad.abs().max().item() for p in params) == pytest.approx(0.01)

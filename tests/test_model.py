@@ -101,3 +101,24 @@ def test_bad_model_options(tiny_m3_dir):
         tiny_model(tiny_m3_dir, heads={"dense": False, "sparse": False, "colbert": False})
     with pytest.raises(ValueError, match="attn_implementation"):
         tiny_model(tiny_m3_dir, attn_implementation="magic")
+
+
+def test_colbert_init_identity_starts_as_maxsim_over_the_token_states(tiny_m3_dir, tmp_path):
+    import torch.nn.functional as F
+
+    tokenizer = load_tokenizer(tiny_m3_dir)
+    encoder_only = tmp_path / "encoder"  # without BGE-M3 head files: the multi-vector head starts fresh
+    shutil.copytree(tiny_m3_dir, encoder_only, ignore=shutil.ignore_patterns("*_linear.pt", "m3_config.json"))
+    model = build_m3_model(tokenizer, path=str(encoder_only), colbert_init="identity").eval()
+    batch = tokenizer(["a short text", "another, longer text to encode"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model.encoder(**batch).last_hidden_state
+        vecs, mask = model.colbert_head(hidden, batch["attention_mask"])
+    expected = F.normalize(hidden[:, 1:] * batch["attention_mask"][:, 1:, None], dim=-1)
+    torch.testing.assert_close(vecs, expected)
+    loaded = build_m3_model(tokenizer, path=tiny_m3_dir, colbert_init="identity")  # a trained head is kept
+    assert not torch.equal(loaded.colbert_head.linear.weight, torch.eye(loaded.colbert_head.linear.in_features))
+    with pytest.raises(ValueError, match="colbert_init=identity needs model.colbert_dim"):
+        build_m3_model(tokenizer, path=str(encoder_only), colbert_init="identity", colbert_dim=8)
+    with pytest.raises(ValueError, match="model.colbert_init='eye'"):
+        build_m3_model(tokenizer, path=str(encoder_only), colbert_init="eye")

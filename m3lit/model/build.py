@@ -10,6 +10,7 @@ from .encoder import build_encoder
 from .m3 import HEADS, HeadConfig, M3Model, special_token_ids
 
 SPARSE_INITS = ("default", "uniform", "idf")
+COLBERT_INITS = ("default", "identity")
 
 
 def build_m3_model(
@@ -25,6 +26,7 @@ def build_m3_model(
     sparse_init: str = "default",
     sparse_init_bias: float = 0.1,
     sparse_init_texts: Sequence[str] | None = None,
+    colbert_init: str = "default",
     tokenizer_path: str | None = None,
 ) -> M3Model:
     """A model from ``path`` (HF encoder or BGE-M3 directory; BGE-M3 head weights are loaded when present) or,
@@ -34,9 +36,14 @@ def build_m3_model(
     ``idf`` (fitted to an IDF weighting of ``sparse_init_texts``, mean weight ``sparse_init_bias``:
     :mod:`m3lit.model.sparse_init`); it applies to a freshly created sparse head, not to one loaded from a BGE-M3
     directory.
+    ``colbert_init``: ``default`` (nn.Linear's: a random projection of the token states) or ``identity`` (W = I,
+    b = 0: the multi-vector head starts as MaxSim over the encoder's own normalised token states; needs
+    ``colbert_dim`` = hidden size); like ``sparse_init``, only for a fresh head.
     ``tokenizer_path`` is accepted (and ignored) so the whole ``model`` config group can be passed in."""
     if sparse_init not in SPARSE_INITS:
         raise ValueError(f"model.sparse_init={sparse_init!r}: expected one of {SPARSE_INITS}")
+    if colbert_init not in COLBERT_INITS:
+        raise ValueError(f"model.colbert_init={colbert_init!r}: expected one of {COLBERT_INITS}")
     head_config = HeadConfig(heads={h: bool((heads or {}).get(h, True)) for h in HEADS} if heads is not None
                              else {h: True for h in HEADS},
                              pooling=pooling, normalize=normalize, colbert_dim=colbert_dim)
@@ -72,6 +79,14 @@ def build_m3_model(
         from .sparse_init import fit_sparse_head_to_idf
 
         fit_sparse_head_to_idf(model, tokenizer, list(sparse_init_texts or []), mean_weight=sparse_init_bias)
+    if colbert_init == "identity" and "colbert_linear.pt" not in loaded and model.head_config.heads["colbert"]:
+        linear = model.colbert_head.linear
+        if linear.in_features != linear.out_features:
+            raise ValueError(f"model.colbert_init=identity needs model.colbert_dim = the hidden size "
+                             f"({linear.in_features}), got {linear.out_features}")
+        with torch.no_grad():
+            linear.weight.copy_(torch.eye(linear.in_features))
+            linear.bias.zero_()
     if gradient_checkpointing:
         model.encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
