@@ -479,10 +479,11 @@ def _adamw_implementation(name: str) -> str:
 
 def adamw_kernel(implementation: str, params: Sequence[torch.Tensor], precision: str = "32-true") -> dict[str, bool]:
     """``torch.optim.AdamW`` keyword arguments for ``optim.implementation``: ``fused`` (one kernel over all
-    parameters: on CPU 12 ms instead of 45–63 ms a step for 17M parameters), ``foreach`` (batched ops, torch's CUDA
-    default), ``for_loop`` (one parameter at a time, torch's CPU default) or ``auto``: fused where every parameter is
-    a plain floating-point tensor (FSDP2's sharded DTensor parameters keep torch's default) and no float16 gradient
-    scaler runs (``precision`` 16-mixed: Lightning clips scaled gradients only with an unfused optimizer)."""
+    parameters: on one CPU thread 12 ms a step for 17M parameters against 40 ms ``foreach`` and 67 ms ``for_loop``),
+    ``foreach`` (batched ops, torch's CUDA default), ``for_loop`` (one parameter at a time, torch's CPU default) or
+    ``auto``: fused where every parameter is a plain floating-point tensor (FSDP2's sharded DTensor parameters keep
+    torch's default) and no float16 gradient scaler runs (``precision`` 16-mixed: Lightning clips scaled gradients
+    only with an unfused optimizer)."""
     scaled = "16" in precision and "bf16" not in precision
     if implementation == "fused" and scaled:
         raise ValueError(f"optim.implementation=fused with trainer.precision={precision}: the float16 gradient "
@@ -519,7 +520,8 @@ def check_teacher_heads(loss: M3Loss, active_heads: tuple[str, ...]) -> None:
 def _head_lr(head_lr: Mapping[str, float | None] | None) -> dict[str, float | None]:
     unknown = set(head_lr or {}) - set(HEAD_MODULES)
     if unknown:
-        raise ValueError(f"optim.head_lr: unknown head(s) {sorted(unknown)}; heads with weights: {sorted(HEAD_MODULES)}")
+        raise ValueError(f"optim.head_lr: unknown head(s) {sorted(unknown)}; "
+                         f"heads with weights: {sorted(HEAD_MODULES)}")
     return {h: (None if v is None else float(v)) for h, v in (head_lr or {}).items()}
 
 
