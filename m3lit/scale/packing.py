@@ -168,7 +168,11 @@ def packed_hidden_states(model: M3Model, input_ids: torch.Tensor, attention_mask
         packed = pack(input_ids, attention_mask, None, offset, pad_id)
         cu = packed.cu_seqlens
         before = varlen_calls()
+        # SDPA: an all-ones mask keeps transformers (>= 5.25) from building a (T, T) block-diagonal mask out of the
+        # restarting position ids; it is dropped as "no mask", and cu_seq_lens route each layer to the packed path
+        ones = torch.ones_like(packed.input_ids) if kind == "sdpa" else None
         hidden = encoder(input_ids=packed.input_ids, position_ids=packed.position_ids, return_dict=True,
+                         attention_mask=ones,
                          cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=packed.max_length,
                          max_length_k=packed.max_length).last_hidden_state
         layers = getattr(encoder.config, "num_hidden_layers", 0)
