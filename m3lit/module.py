@@ -416,15 +416,14 @@ class M3LightningModule(L.LightningModule):
         mixed-precision plugin refuses to clip (no gradient scaler runs with a fused optimizer here, see
         :func:`adamw_kernel`, so the gradients are unscaled)."""
         fused = bool(optimizer.defaults.get("fused"))
-        if not gradient_clip_val or not (is_sharded(self.model) or fused):
+        by_value = gradient_clip_algorithm == "value"
+        if not gradient_clip_val or not (fused or (is_sharded(self.model) and not by_value)):
             return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        if gradient_clip_algorithm == "value":
-            if not fused:
-                return super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if by_value:
             torch.nn.utils.clip_grad_value_(params, float(gradient_clip_val))
-            return None
-        self.log("train/grad_norm", clip_grad_norm_(params, float(gradient_clip_val)))
+        else:
+            self.log("train/grad_norm", clip_grad_norm_(params, float(gradient_clip_val)))
         return None
 
     # ------------------------------------------------------------------ optimisation
