@@ -61,6 +61,23 @@ def test_varlen_attention_gradients_equal_the_reference():
         torch.testing.assert_close(a, t.grad, atol=1e-6, rtol=0)
 
 
+def test_varlen_attention_gathers_rows_without_an_accumulating_index_put():
+    """The grouped texts' rows are gathered with index_select, whose backward adds whole rows: advanced indexing's
+    backward (IndexBackward0, an accumulating index_put_) runs element by element on CPU."""
+    q, k, v, cu = packed_qkv([6, 2, 5, 5, 9], requires_grad=True)
+    assert len(length_groups([6, 2, 5, 5, 9])) < 5  # some texts share a padded call
+    out = varlen_sdpa_forward(None, q, k, v, None, cu_seq_lens_q=cu)[0]
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_fn for next_fn, _ in node.next_functions)
+    names = {type(node).__name__ for node in seen}
+    assert "IndexSelectBackward0" in names and "IndexBackward0" not in names, names
+
+
 def saved_bytes_and_grads(q, k, v, cu, dropout, seed=7, module=None):
     saved = []
     torch.manual_seed(seed)
