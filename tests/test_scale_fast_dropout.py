@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from m3lit.scale.fast_dropout import FastDropout, drop_mask, fast_dropout, quantized_rate, use_fast_dropout
+from m3lit.scale.fast_dropout import FastDropout, drop_mask, fast_dropout, keep_mask, quantized_rate, use_fast_dropout
 from m3lit.scale.varlen_attention import _attention, _attention_fast_dropout
 
 
@@ -42,6 +42,16 @@ def test_lanes_are_independent():
     for shift in (1, 2, 3, 4, 5):
         both = (m[:-shift] * m[shift:]).mean().item()
         assert abs(both - 0.25) < 5 * math.sqrt(0.25 * 0.75 / m.numel()), shift
+
+
+def test_keep_mask_is_the_complement_of_the_drop_mask_from_the_same_draws():
+    """keep_mask is drop_mask's complement as a one-byte 0/1 factor (what fast_dropout multiplies by)."""
+    torch.manual_seed(4)
+    dropped = drop_mask((37, 11), 0.3)
+    torch.manual_seed(4)
+    keep = keep_mask((37, 11), 0.3)
+    assert keep.dtype == torch.uint8 and keep.shape == (37, 11)
+    assert torch.equal(keep.bool(), ~dropped) and 0 < int(keep.sum()) < keep.numel()
 
 
 def test_values_gradient_and_expectation():

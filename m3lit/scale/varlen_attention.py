@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .fast_dropout import FastDropout, drop_mask, keep_scale
+from .fast_dropout import FastDropout, keep_mask, keep_scale
 
 
 def length_groups(lengths: list[int], slack: float = 0.25) -> list[list[int]]:
@@ -43,26 +43,33 @@ MAX_SCORES = 2 ** 24  # score elements (n × H × queries × keys) of one SDPA c
 
 def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                             dropout: float, scale: float | None = None) -> torch.Tensor:
-    """Attention written out, with the probabilities' dropout mask from ``drop_mask``:
+    """Attention written out, with the probabilities' dropout mask from ``keep_mask``:
     ``(keep ⊙ softmax(q kᵀ · scale + mask)) v / (1 − p_q)``, the two products in q's dtype (bf16 under bf16
     autocast, as SDPA's math path computes on CUDA; on CPU SDPA would compute them in float32, 3–4× slower),
     softmax in float32. q (n, H, l, Dh), k / v (n, H, m, Dh), mask (n, 1, 1, m) bool (True: attend) or None.
 
-    Few passes over the (n, H, l, m) tensors, which take most of its time: the scores are scaled and masked in
-    place in q's dtype, softmax computes in float32 (``dtype=``: its float32 copy of the scores is transient, the
-    graph keeps the probabilities only), the dropout zeroes a copy in v's dtype in place, and 1 / (1 − p_q)
+    Few passes over the (n, H, l, m) tensors, which take most of its time: the scores are scaled and masked in the
+    product (``baddbmm``) in q's dtype, softmax computes in float32 (``dtype=``: its float32 copy of the scores is
+    transient, the graph keeps the probabilities only), the dropout multiplies a copy in v's dtype by the one-byte
+    keep mask in place, and 1 / (1 − p_q)
     (``keep_scale``) scales the (n, H, l, Dh) output instead of the probabilities (``benchmarks/attention_dropout.py``:
     2× SDPA's speed in bf16, the same in float32)."""
     with torch.autocast("cpu", enabled=False):
         k, v = k.to(q.dtype), v.to(q.dtype)
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(q.shape[-1] ** -0.5 if scale is None else scale)
-        if mask is not None:
-            scores.masked_fill_(~mask, float("-inf"))
+        scale = q.shape[-1] ** -0.5 if scale is None else scale
+        if mask is None:
+            scores = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+        else:  # the mask as an additive bias in the product's epilogue: 2x faster than a product, mul_ and masked_fill_
+            (n, heads, rows, dim), keys = q.shape, k.shape[-2]
+            bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill_(~mask, float("-inf"))
+            scores = torch.baddbmm(bias.expand(n, heads, 1, keys).reshape(n * heads, 1, keys),
+                                   q.reshape(n * heads, rows, dim), k.reshape(n * heads, keys, dim).transpose(1, 2),
+                                   alpha=scale).view(n, heads, rows, keys)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
         del scores
         if dropout == 0.0:
             return torch.matmul(probs.to(v.dtype), v)
-        dropped = probs.to(v.dtype, copy=True).masked_fill_(drop_mask(probs.shape, dropout), 0.0)
+        dropped = probs.to(v.dtype, copy=True).mul_(keep_mask(probs.shape, dropout))
         return torch.matmul(dropped, v).mul_(keep_scale(dropout))
 
 
