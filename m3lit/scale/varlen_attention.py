@@ -51,9 +51,8 @@ def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
     Few passes over the (n, H, l, m) tensors, which take most of its time: the scores are scaled and masked in the
     product (``baddbmm``) in q's dtype, softmax computes in float32 (``dtype=``: its float32 copy of the scores is
     transient, the graph keeps the probabilities only), the dropout multiplies a copy in v's dtype by the one-byte
-    keep mask in place, and 1 / (1 − p_q)
-    (``keep_scale``) scales the (n, H, l, Dh) output instead of the probabilities (``benchmarks/attention_dropout.py``:
-    2× SDPA's speed in bf16, the same in float32)."""
+    keep mask in place, and 1 / (1 − p_q) (``keep_scale``) scales the (n, H, l, Dh) output instead of the
+    probabilities (``benchmarks/attention_dropout.py``: 2× SDPA's speed in bf16, the same in float32)."""
     with torch.autocast("cpu", enabled=False):
         k, v = k.to(q.dtype), v.to(q.dtype)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -123,7 +122,7 @@ def varlen_sdpa_forward(module: nn.Module, query: torch.Tensor, key: torch.Tenso
         size = torch.tensor([lengths[i] for i in members], device=query.device)
         valid = offsets[None] < size[:, None]                                    # (n, width)
         index = torch.where(valid, first[:, None] + offsets[None], 0).view(-1)   # padding reads token 0, masked
-        # index_select, not t[index]: its backward is a row-wise index_add_, where advanced indexing's is an
+        # index_select, not t[index]: its backward adds whole rows (scatter_add_), where advanced indexing's is an
         # accumulating index_put_ (element by element on CPU: ~10 % of this function's time in bf16)
         q, k, v = (t.index_select(0, index).view(len(members), width, heads, dim).transpose(1, 2) for t in flat)
         o = _attention(q, k, v, valid[:, None, None, :], dropout, scaling, fast)
