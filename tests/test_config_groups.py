@@ -35,8 +35,8 @@ def extra_overrides(group: str, option: str, tiny_m3_dir: str) -> list[str]:
 
 
 def test_every_group_option_is_listed():
-    assert {g for g, _ in OPTIONS} == {"callbacks", "checkpoint", "data", "logger", "loss", "model", "optim", "strategy", "teacher",
-                                      "train_step", "trainer"}
+    assert {g for g, _ in OPTIONS} == {"averaging", "callbacks", "checkpoint", "data", "logger", "loss", "model", "optim",
+                                      "strategy", "teacher", "train_step", "trainer"}
     assert len(OPTIONS) >= 28
 
 

@@ -7,11 +7,13 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.strategies import ModelParallelStrategy
 from omegaconf import DictConfig, OmegaConf
 
 from ..inference.embedder import load_tokenizer
@@ -69,6 +71,8 @@ def check_input_lengths(module: M3LightningModule, datamodule: Any) -> None:
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.get("averaging"):  # first: its on_train_end puts the averaged weights in before the final evaluation
+        callbacks.insert(0, instantiate(cfg.averaging))
     if cfg.get("checkpoint"):
         callbacks.append(instantiate(cfg.checkpoint))
     logger: Any = False
@@ -78,8 +82,19 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     precision = values["precision"] = resolve_precision(values.get("precision"), values.get("accelerator", "auto"))
     check_plain_arguments(L.Trainer, values, "trainer")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision)
+    if cfg.get("averaging"):
+        check_averaging(trainer)
     attach_run_config(trainer, cfg)  # the tracking callback logs the resolved config and writes the run summary
     return trainer
+
+
+def check_averaging(trainer: L.Trainer) -> None:
+    """Lightning's weight averaging copies the whole module: refused under FSDP2, whose weights are sharded; elsewhere
+    its warning about ``configure_model`` (a no-op without sharding) is silenced."""
+    if isinstance(trainer.strategy, ModelParallelStrategy):
+        raise ValueError("averaging=ema cannot average FSDP-sharded weights (Lightning's WeightAveraging copies the "
+                         "whole unsharded module): use averaging=none with strategy=fsdp, or strategy=ddp")
+    warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback")
 
 
 def run(cfg: DictConfig) -> float | None:

@@ -1,0 +1,52 @@
+"""``averaging=ema``: the exported model is the exponential moving average of the weights after each optimizer step
+(w̄₁ = w₁, w̄ₖ = d·w̄ₖ₋₁ + (1 − d)·wₖ), put in before the final evaluation; refused under FSDP2."""
+from __future__ import annotations
+
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging
+from safetensors.torch import load_file
+from test_sweeps import compose_job
+
+from m3lit.cli.train import build_trainer, run
+
+STATES: list[dict[str, torch.Tensor]] = []
+
+
+class RecordWeights(Callback):
+    """The model's weights after every optimizer step, in ``STATES``."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        STATES.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+
+def test_the_export_is_the_moving_average_of_the_steps(tmp_path):
+    STATES.clear()
+    export = tmp_path / "export"
+    run(compose_job(["averaging=ema", "averaging.decay=0.5", "trainer.max_steps=3", "callbacks=none", "logger=none",
+                     "checkpoint=none", f"export_dir={export}",
+                     "+callbacks.record._target_=test_averaging.RecordWeights"], tmp_path))
+    assert len(STATES) == 3
+    average = dict(STATES[0])
+    for state in STATES[1:]:
+        average = {k: 0.5 * average[k] + 0.5 * v if v.is_floating_point() else v for k, v in state.items()}
+    colbert = torch.load(export / "colbert_linear.pt", weights_only=True)
+    encoder = load_file(export / "model.safetensors")
+    compared = 0  # every exported tensor
+    for prefix, part in (("colbert_head.linear.", colbert), ("encoder.", encoder)):
+        for name, value in part.items():
+            torch.testing.assert_close(value, average[prefix + name], atol=1e-6, rtol=1e-5)
+            compared += 1
+    assert compared == len(colbert) + len(encoder) > 30
+    last = STATES[-1]["colbert_head.linear.weight"]
+    assert (last - colbert["weight"]).abs().max() > 1e-4  # the last step's weights are not what was exported
+
+
+def test_averaging_runs_before_the_evaluation_and_is_refused_under_fsdp(tmp_path):
+    trainer = build_trainer(compose_job(["averaging=ema", "logger=none"], tmp_path))
+    assert isinstance(trainer.callbacks[0], EMAWeightAveraging)  # its on_train_end comes before the final evaluation
+    try:
+        build_trainer(compose_job(["averaging=ema", "logger=none", "strategy=fsdp", "trainer.devices=1"], tmp_path))
+    except ValueError as error:
+        assert "averaging=ema cannot average FSDP-sharded weights" in str(error)
+    else:
+        raise AssertionError("averaging=ema with strategy=fsdp was accepted")
