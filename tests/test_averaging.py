@@ -50,3 +50,20 @@ def test_averaging_runs_before_the_evaluation_and_is_refused_under_fsdp(tmp_path
         assert "averaging=ema cannot average FSDP-sharded weights" in str(error)
     else:
         raise AssertionError("averaging=ema with strategy=fsdp was accepted")
+
+
+def test_a_run_resumed_from_a_checkpoint_exports_the_same_average(tmp_path):
+    """The checkpoint holds the average and the current weights (Lightning's ``current_model_state``): resumed at
+    step 2 of 4, the run exports what the uninterrupted run exported."""
+    common = ["averaging=ema", "averaging.decay=0.5", "trainer.max_steps=4", "callbacks=none", "logger=none",
+              "checkpoint.every_n_steps=2", "checkpoint.keep=4"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    run(compose_job([*common, f"export_dir={full}/export"], full))
+    run(compose_job([*common, f"export_dir={resumed}/export", f"resume_from={full}/checkpoints/step-0000002.ckpt"], resumed))
+    for name in ("colbert_linear.pt", "sparse_linear.pt"):
+        expected, got = (torch.load(d / "export" / name, weights_only=True) for d in (full, resumed))
+        for key in expected:
+            torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
+    expected, got = (load_file(d / "export" / "model.safetensors") for d in (full, resumed))
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], atol=0, rtol=0)
