@@ -59,7 +59,8 @@ def test_a_run_resumed_from_a_checkpoint_exports_the_same_average(tmp_path):
               "checkpoint.every_n_steps=2", "checkpoint.keep=4"]
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     run(compose_job([*common, f"export_dir={full}/export"], full))
-    run(compose_job([*common, f"export_dir={resumed}/export", f"resume_from={full}/checkpoints/step-0000002.ckpt"], resumed))
+    middle = full / "checkpoints" / "step-0000002.ckpt"
+    run(compose_job([*common, f"export_dir={resumed}/export", f"resume_from={middle}"], resumed))
     for name in ("colbert_linear.pt", "sparse_linear.pt"):
         expected, got = (torch.load(d / "export" / name, weights_only=True) for d in (full, resumed))
         for key in expected:
