@@ -71,8 +71,9 @@ def check_input_lengths(module: M3LightningModule, datamodule: Any) -> None:
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
-    if cfg.get("averaging"):  # first: its on_train_end puts the averaged weights in before the final evaluation
-        callbacks.insert(0, instantiate(cfg.averaging))
+    averaging = instantiate(cfg.averaging) if cfg.get("averaging") else None
+    if averaging is not None:  # first: its on_train_end puts the averaged weights in before the final evaluation
+        callbacks.insert(0, averaging)
     if cfg.get("checkpoint"):
         callbacks.append(instantiate(cfg.checkpoint))
     logger: Any = False
@@ -82,7 +83,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     precision = values["precision"] = resolve_precision(values.get("precision"), values.get("accelerator", "auto"))
     check_plain_arguments(L.Trainer, values, "trainer")
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, precision=precision)
-    if cfg.get("averaging"):
+    if averaging is not None:
         check_averaging(trainer)
     attach_run_config(trainer, cfg)  # the tracking callback logs the resolved config and writes the run summary
     return trainer
