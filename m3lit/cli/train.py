@@ -95,7 +95,8 @@ def check_averaging(trainer: L.Trainer) -> None:
     if isinstance(trainer.strategy, ModelParallelStrategy):
         raise ValueError("averaging=ema cannot average FSDP-sharded weights (Lightning's WeightAveraging copies the "
                          "whole unsharded module): use averaging=none with strategy=fsdp, or strategy=ddp")
-    warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback")
+    warnings.filterwarnings("ignore", message="You're using the WeightAveraging callback with a model that overrides "
+                                              "the configure_model")  # its other warnings stay
 
 
 def run(cfg: DictConfig) -> float | None:
