@@ -24,6 +24,7 @@ from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import MASKED_SCORE, score_candidates
 from .scale.fast_dropout import use_fast_dropout
 from .scale.fsdp import average_replicated_grads, clip_grad_norm_, full_state_dict, is_sharded, shard_for_strategy
+from .scale.fused_qkv import fuse_qkv
 from .scale.lean_ffn import recompute_gelu
 from .scale.nonfinite import NonFiniteLossError, SkipCounter, all_finite, describe
 from .scale.options import TrainStepOptions
@@ -82,6 +83,9 @@ class M3LightningModule(L.LightningModule):
             fused = recompute_gelu(self.model.encoder)
             log.info("train_step.encoding.recompute_gelu: GELU recomputed in the backward pass in %d of %d layers",
                      fused, getattr(self.model.encoder.config, "num_hidden_layers", 0))
+        if self.train_step_options.encoding.fuse_qkv:
+            log.info("train_step.encoding.fuse_qkv: query, key and value in one product in %d of %d layers",
+                     fuse_qkv(self.model.encoder), getattr(self.model.encoder.config, "num_hidden_layers", 0))
         if self.train_step_options.encoding.fast_dropout:
             log.info("train_step.encoding.fast_dropout: %d dropout module(s) draw their CPU masks from 16-bit lanes",
                      use_fast_dropout(self.model.encoder))

@@ -10,6 +10,7 @@
                                       # the padded per-layer states (teacher=layerwise)
       pack_length: int | null         # rows of this many tokens, block-diagonal mask (null: one row where possible)
       recompute_gelu: bool            # store the FFN's pre-activation only, GELU recomputed in backward (lean_ffn)
+      fuse_qkv: bool                  # query, key and value in one product per layer (fused_qkv)
       fast_dropout: bool              # CPU dropout masks from 16-bit lanes of 64-bit draws (fast_dropout)
     nonfinite: stop | skip
 """
@@ -39,6 +40,7 @@ class EncodingOptions:
     packing: bool | str = False
     pack_length: int | None = None
     recompute_gelu: bool = True
+    fuse_qkv: bool = True
     fast_dropout: bool = True
 
     def __post_init__(self) -> None:
