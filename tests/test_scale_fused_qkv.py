@@ -138,7 +138,6 @@ def test_training_module_applies_it_unless_turned_off():
     from m3lit.loss import M3Loss
     from m3lit.model import M3Model
     from m3lit.module import M3LightningModule
-
     from m3lit.scale.packing import packed_hidden_states
 
     def packed_products(**encoding) -> tuple[int, int]:
