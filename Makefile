@@ -3,6 +3,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
+ALLOC_STAMP := $(VENV)/.allocator
 
 .PHONY: install install-dev train test bench clean
 
@@ -16,16 +17,32 @@ $(STAMP): $(VENV)/bin/python pyproject.toml
 	$(PIP) install -q -e .
 	touch $(STAMP)
 
-$(DEV_STAMP): $(STAMP)
+# tcmalloc, which the console scripts preload (m3lit/cli/launch.py): where the system has none, Debian's package is
+# unpacked into the virtualenv's lib/ (apt-get download + dpkg -x, no root); elsewhere glibc's malloc stays.
+$(ALLOC_STAMP): $(STAMP)
+	@if $(PY) -c "import sys; from m3lit.cli.launch import find_allocator as f; sys.exit(f('tcmalloc') is None)"; then \
+	  echo "tcmalloc: found"; \
+	elif command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
+	  tmp=$$(mktemp -d); \
+	  if (cd $$tmp && timeout 120 apt-get download -q libtcmalloc-minimal4 >/dev/null 2>&1 \
+	      && dpkg -x libtcmalloc-minimal4_*.deb x) \
+	    && cp -P $$tmp/x/usr/lib/*/libtcmalloc_minimal.so.4* $(VENV)/lib/; then \
+	    echo "tcmalloc: Debian's libtcmalloc-minimal4 unpacked into $(VENV)/lib"; \
+	  else echo "tcmalloc: not available (apt install libtcmalloc-minimal4); glibc's malloc is used"; fi; \
+	  rm -rf $$tmp; \
+	else echo "tcmalloc: not available; glibc's malloc is used"; fi
+	@touch $@
+
+$(DEV_STAMP): $(ALLOC_STAMP)
 	$(PIP) install -q -e ".[dev]"
 	touch $(DEV_STAMP)
 
-install: $(STAMP)
+install: $(ALLOC_STAMP)
 install-dev: $(DEV_STAMP)
 
 # The main job on the embedded default: tiny model, bundled synthetic multilingual data, CPU, W&B offline.
 # Extra Hydra overrides: make train ARGS="trainer.max_steps=600 teacher=uniform"
-train: $(STAMP)
+train: $(ALLOC_STAMP)
 	WANDB_MODE=$${WANDB_MODE:-offline} $(VENV)/bin/m3lit-train $(ARGS)
 
 # The whole test suite (PYTEST_ARGS="-k losses" to select), in TEST_WORKERS processes (pytest-xdist; one test file
