@@ -19,15 +19,17 @@ $(STAMP): $(VENV)/bin/python pyproject.toml
 
 # tcmalloc, which the console scripts preload (m3lit/cli/launch.py): where the system has none, Debian's package is
 # unpacked into the virtualenv's lib/ (apt-get download + dpkg -x, no root); elsewhere glibc's malloc stays.
+# Tried once (rm $(ALLOC_STAMP) to try again).
+TCMALLOC_DEBS := libtcmalloc-minimal4t64 libtcmalloc-minimal4
 $(ALLOC_STAMP): $(STAMP)
 	@if $(PY) -c "import sys; from m3lit.cli.launch import find_allocator as f; sys.exit(f('tcmalloc') is None)"; then \
 	  echo "tcmalloc: found"; \
 	elif command -v apt-get >/dev/null && command -v dpkg >/dev/null; then \
-	  tmp=$$(mktemp -d); \
-	  if (cd $$tmp && timeout 120 apt-get download -q libtcmalloc-minimal4 >/dev/null 2>&1 \
-	      && dpkg -x libtcmalloc-minimal4_*.deb x) \
-	    && cp -P $$tmp/x/usr/lib/*/libtcmalloc_minimal.so.4* $(VENV)/lib/; then \
-	    echo "tcmalloc: Debian's libtcmalloc-minimal4 unpacked into $(VENV)/lib"; \
+	  echo "tcmalloc: fetching Debian's libtcmalloc-minimal4 into $(VENV)/lib"; tmp=$$(mktemp -d); \
+	  for deb in $(TCMALLOC_DEBS); do (cd $$tmp && timeout 60 apt-get download -q -o Acquire::Retries=0 \
+	    -o Acquire::http::Timeout=10 $$deb >/dev/null 2>&1) && break; done; \
+	  if (cd $$tmp && dpkg -x *.deb x) 2>/dev/null && cp -P $$tmp/x/usr/lib/*/libtcmalloc_minimal.so.4* $(VENV)/lib/; \
+	  then echo "tcmalloc: unpacked"; \
 	  else echo "tcmalloc: not available (apt install libtcmalloc-minimal4); glibc's malloc is used"; fi; \
 	  rm -rf $$tmp; \
 	else echo "tcmalloc: not available; glibc's malloc is used"; fi

@@ -7,7 +7,12 @@ gradient, casts each back and adds them. :func:`fuse_qkv` computes the three in 
 (d × 3d) when the layer is entered, and ``query(x)`` / ``key(x)`` / ``value(x)`` return their slices of it: one
 cast and one saved copy of x instead of three, one product for its gradient. The values are the three products'
 (the same dot products, to the GEMM's rounding); parameter names, and so state dicts, checkpoints and exports, do not
-change. A projection called on another tensor than the layer's input computes its own product, as before.
+change. A projection called on another tensor than the layer's input computes its own product, as before. The
+(3d × d) concatenated weight is saved for the backward pass (3d² numbers per layer, in the compute dtype; the
+unfused layers save their three weights' autocast casts, or nothing beyond the parameters in float32).
+
+Applied to the self-attention layers of the encoders whose attention is known to project one input this way
+(``FUSABLE_MODEL_TYPES``); other encoders are left unchanged.
 """
 from __future__ import annotations
 
@@ -18,20 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 NAMES = ("query", "key", "value")
+FUSABLE_MODEL_TYPES = ("bert", "roberta", "xlm-roberta")
 
 
 class QKVLinear(nn.Linear):
     """``nn.Linear`` that returns its slice of the layer's fused product when called on the layer's input."""
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "QKVLinear":
-        """The same parameters (shared, not copied)."""
-        fused = cls.__new__(cls)
-        nn.Module.__init__(fused)
-        fused.in_features, fused.out_features = linear.in_features, linear.out_features
-        fused.weight = linear.weight
-        fused.bias = linear.bias
-        return fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shared = self.__dict__.pop("_shared", None)  # (input, this projection's slice), set by the layer's hook
@@ -53,24 +49,26 @@ def _project(attention: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
 
 
 def _release(attention: nn.Module, args: tuple, kwargs: dict[str, Any], output: Any) -> None:
-    """Forward hook: drop slices the layer did not use (a copied model must not hold the product)."""
+    """Forward hook, also after an error: drop slices the layer did not use (a copied model must not hold them)."""
     for name in NAMES:
         getattr(attention, name).__dict__.pop("_shared", None)
 
 
 def fuse_qkv(encoder: nn.Module) -> int:
-    """Fuse the query / key / value products of every layer whose three are ``nn.Linear`` of one shape; returns the
-    number of layers fused (0 for encoders of another layout, or already fused)."""
+    """Fuse the query / key / value products of every self-attention layer (three ``nn.Linear`` of one shape) of a
+    BERT / RoBERTa / XLM-R encoder; returns the number of layers fused (0 for other encoders, or already fused)."""
+    if getattr(getattr(encoder, "config", None), "model_type", None) not in FUSABLE_MODEL_TYPES:
+        return 0
     fused = 0
-    for module in encoder.modules():
+    for module in list(encoder.modules()):
         layers = [getattr(module, name, None) for name in NAMES]
-        if not all(type(layer) is nn.Linear for layer in layers):
+        if not type(module).__name__.endswith("SelfAttention") or not all(type(x) is nn.Linear for x in layers):
             continue
         if len({(layer.in_features, layer.out_features, layer.bias is None) for layer in layers}) != 1:
             continue
-        for name, layer in zip(NAMES, layers):
-            setattr(module, name, QKVLinear.from_linear(layer))
+        for layer in layers:
+            layer.__class__ = QKVLinear  # the same module, parameters and hooks
         module.register_forward_pre_hook(_project, with_kwargs=True)
-        module.register_forward_hook(_release, with_kwargs=True)
+        module.register_forward_hook(_release, with_kwargs=True, always_call=True)
         fused += 1
     return fused
