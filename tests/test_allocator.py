@@ -14,8 +14,10 @@ from m3lit.cli.launch import AllocatorError, choose_allocator, find_allocator
 
 
 @pytest.fixture
-def fake_conda(tmp_path):
-    """A conda-like prefix whose lib/ holds a (fake) tcmalloc and jemalloc."""
+def fake_conda(tmp_path, monkeypatch):
+    """A conda-like prefix whose lib/ holds a (fake) tcmalloc and jemalloc; the virtualenv's lib/ (where
+    ``make install`` may have put tcmalloc) is out of the search."""
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
     lib = tmp_path / "conda" / "lib"
     lib.mkdir(parents=True)
     for name in ("libtcmalloc_minimal.so.4", "libjemalloc.so.2"):
