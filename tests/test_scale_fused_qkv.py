@@ -87,6 +87,24 @@ def test_values_and_gradients_equal_the_three_products(model_type, attn_implemen
     assert products_plain - products_fused == 2 * LAYERS
 
 
+def test_layers_recomputed_in_the_backward_pass_give_the_same_gradients():
+    """Activation checkpointing (split_batch, grad_cache's second pass) re-enters each layer: the hook runs again."""
+    plain = encoder(dropout=0.1)
+    fused = copy.deepcopy(plain)
+    fuse_qkv(fused)
+    fused.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    entered = []
+    fused.encoder.layer[0].attention.self.register_forward_pre_hook(lambda *_: entered.append(1))
+    ids, mask = batch()
+    out_plain, grads_plain = values_and_grads(plain, ids, mask)
+    out_fused, grads_fused = values_and_grads(fused, ids, mask)
+    assert fused.training and len(entered) == 2  # the forward pass and its recomputation
+    torch.testing.assert_close(out_fused, out_plain, rtol=1e-6, atol=1e-6)
+    for name, grad in grads_plain.items():
+        assert_close_in_norm(grads_fused[name], grad, 1e-5, name)
+    assert not any("_shared" in m.__dict__ for m in fused.modules())
+
+
 def test_bf16_autocast_casts_the_input_once_per_layer():
     plain = encoder()
     fused = copy.deepcopy(plain)
