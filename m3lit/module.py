@@ -79,13 +79,13 @@ class M3LightningModule(L.LightningModule):
         self.train_step_options = TrainStepOptions.from_config(cross_device, encoding, nonfinite)
         if self.train_step_options.encoding.mode == "split_batch":
             enable_layer_checkpointing(self.model)
+        n_layers = getattr(self.model.encoder.config, "num_hidden_layers", 0)
         if self.train_step_options.encoding.recompute_gelu:
-            fused = recompute_gelu(self.model.encoder)
             log.info("train_step.encoding.recompute_gelu: GELU recomputed in the backward pass in %d of %d layers",
-                     fused, getattr(self.model.encoder.config, "num_hidden_layers", 0))
+                     recompute_gelu(self.model.encoder), n_layers)
         if self.train_step_options.encoding.fuse_qkv:
             log.info("train_step.encoding.fuse_qkv: query, key and value in one product in %d of %d layers",
-                     fuse_qkv(self.model.encoder), getattr(self.model.encoder.config, "num_hidden_layers", 0))
+                     fuse_qkv(self.model.encoder), n_layers)
         if self.train_step_options.encoding.fast_dropout:
             log.info("train_step.encoding.fast_dropout: %d dropout module(s) draw their CPU masks from 16-bit lanes",
                      use_fast_dropout(self.model.encoder))

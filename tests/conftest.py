@@ -74,3 +74,31 @@ def exported_dir(proc: subprocess.CompletedProcess) -> str:
     found = re.findall(r"^exported: (.+)$", proc.stdout, flags=re.M)
     assert len(found) == 1, proc.stdout[-2000:]
     return found[0]
+
+
+SMALL_ENCODER_SIZE = (3, 64, 256)  # layers, hidden size, intermediate size of small_hf_encoder
+
+
+def small_hf_encoder(model_type: str = "xlm-roberta", dropout: float = 0.0, attn_implementation: str = "sdpa",
+                     **config):
+    """A seeded Hugging Face encoder of SMALL_ENCODER_SIZE (vocab 500, 4 heads): the same weights on every call."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    layers, hidden, intermediate = SMALL_ENCODER_SIZE
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(model_type, vocab_size=500, hidden_size=hidden, num_hidden_layers=layers,
+                                  num_attention_heads=4, intermediate_size=intermediate, hidden_dropout_prob=dropout,
+                                  attention_probs_dropout_prob=dropout, **config)
+    return AutoModel.from_config(config, add_pooling_layer=False, attn_implementation=attn_implementation)
+
+
+def padded_batch(rows: int = 4, length: int = 50):
+    """(input_ids, attention_mask) for small_hf_encoder: random ids, row 1 padded after 30 tokens."""
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 500, (rows, length), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = 0
+    return ids, mask

@@ -3,28 +3,18 @@ import copy
 
 import pytest
 import torch
+from conftest import SMALL_ENCODER_SIZE, small_hf_encoder
+from conftest import padded_batch as batch
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoModel
 
 from m3lit.scale.fused_qkv import QKVLinear, fuse_qkv
 
-LAYERS, HIDDEN = 3, 64
+LAYERS, HIDDEN, _ = SMALL_ENCODER_SIZE
 
 
 def encoder(model_type: str = "xlm-roberta", attn_implementation: str = "sdpa", dropout: float = 0.0):
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=500, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                  num_attention_heads=4, intermediate_size=4 * HIDDEN, hidden_dropout_prob=dropout,
-                                  attention_probs_dropout_prob=dropout)
-    return AutoModel.from_config(config, add_pooling_layer=False, attn_implementation=attn_implementation)
-
-
-def batch(rows: int = 4, length: int = 50):
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 500, (rows, length), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[1, 30:] = 0
-    return ids, mask
+    return small_hf_encoder(model_type, dropout, attn_implementation)
 
 
 def values_and_grads(model, ids, mask, seed: int = 0, autocast: bool = False):
@@ -168,11 +158,7 @@ def test_an_error_inside_the_layer_leaves_no_product_behind():
 
 
 def test_only_self_attention_is_fused():
-    torch.manual_seed(0)
-    config = AutoConfig.for_model("bert", vocab_size=500, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                  num_attention_heads=4, intermediate_size=4 * HIDDEN, is_decoder=True,
-                                  add_cross_attention=True)
-    model = AutoModel.from_config(config, add_pooling_layer=False)
+    model = small_hf_encoder("bert", is_decoder=True, add_cross_attention=True)
     assert fuse_qkv(model) == LAYERS  # the cross-attention layers' key and value read another input
     assert all(type(layer.crossattention.self.key) is nn.Linear for layer in model.encoder.layer)
 

@@ -3,28 +3,18 @@ import copy
 
 import pytest
 import torch
+from conftest import SMALL_ENCODER_SIZE, small_hf_encoder
+from conftest import padded_batch as batch
 from torch import nn
-from transformers import AutoConfig, AutoModel
+from transformers import AutoModel
 
 from m3lit.scale.lean_ffn import GeluLinear, recompute_gelu
 
-LAYERS, HIDDEN, INTERMEDIATE = 3, 64, 256
+LAYERS, HIDDEN, INTERMEDIATE = SMALL_ENCODER_SIZE
 
 
 def encoder(model_type: str = "xlm-roberta", hidden_act: str = "gelu", dropout: float = 0.0):
-    torch.manual_seed(0)
-    config = AutoConfig.for_model(model_type, vocab_size=500, hidden_size=HIDDEN, num_hidden_layers=LAYERS,
-                                  num_attention_heads=4, intermediate_size=INTERMEDIATE, hidden_act=hidden_act,
-                                  hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    return AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
-
-
-def batch(rows: int = 4, length: int = 50):
-    gen = torch.Generator().manual_seed(1)
-    ids = torch.randint(5, 500, (rows, length), generator=gen)
-    mask = torch.ones_like(ids)
-    mask[1, 30:] = 0
-    return ids, mask
+    return small_hf_encoder(model_type, dropout, hidden_act=hidden_act)
 
 
 def forward_saving(model, ids, mask, seed: int = 0):
