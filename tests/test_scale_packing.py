@@ -118,3 +118,50 @@ def test_flash_varlen_path_hands_text_boundaries_to_the_attention(monkeypatch):
     assert CALLS == [6, 6]  # each of the 2 layers attended over 6 texts
     for field in ("dense", "sparse", "colbert"):
         torch.testing.assert_close(getattr(packed, field), getattr(padded, field), atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_heads_on_real_tokens_equal_heads_on_padded_states(pooling):
+    """Each head given the real tokens in any order (``positions``) returns the padded layout's values and passes
+    the same gradients to the states of the real tokens."""
+    from m3lit.model.heads import ColbertHead, DenseHead, SparseHead
+
+    gen = torch.Generator().manual_seed(11)
+    features = ragged(6, 12, gen)
+    ids, mask = features["input_ids"], features["attention_mask"]
+    batch, length = ids.shape
+    hidden = torch.randn(batch, length, 8, generator=gen)
+    real = mask.reshape(-1).nonzero().squeeze(1)
+    positions = real[torch.randperm(real.numel(), generator=gen)]  # packing order is not the padded order
+    torch.manual_seed(0)
+    heads = {"dense": DenseHead(pooling), "sparse": SparseHead(8, [0, 1, 2]), "colbert": ColbertHead(8, 5)}
+    weights = {name: torch.randn(batch, *shape, generator=gen) for name, shape in
+               (("dense", (8,)), ("sparse", (length,)), ("colbert", (length - 1, 5)))}
+
+    def run(name, states, pos):
+        head = heads[name]
+        out = head(states, mask, pos) if name != "sparse" else head(states, ids, mask, pos)
+        return out[0] if isinstance(out, tuple) else out
+
+    for name in heads:
+        padded_states = hidden.clone().requires_grad_()
+        tokens = hidden.reshape(-1, 8)[positions].clone().requires_grad_()
+        padded, packed = run(name, padded_states, None), run(name, tokens, positions)
+        torch.testing.assert_close(packed, padded, atol=1e-6, rtol=0)
+        (padded * weights[name]).sum().backward()
+        (packed * weights[name]).sum().backward()
+        torch.testing.assert_close(tokens.grad, padded_states.grad.reshape(-1, 8)[positions], atol=1e-6, rtol=0)
+        for param in heads[name].parameters():
+            param.grad = None
+
+
+def test_packed_heads_compute_no_padding():
+    """On a packed batch the multi-vector projection runs on the real tokens after each text's first, nothing more."""
+    module = tiny_module().eval()
+    features = ragged(7, 24, torch.Generator().manual_seed(3))
+    rows = []
+    hook = module.model.colbert_head.linear.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    with torch.no_grad():
+        encode_rows(module.model, features["input_ids"], features["attention_mask"], packing=True)
+    hook.remove()
+    assert rows == [int(features["attention_mask"].sum()) - 7]

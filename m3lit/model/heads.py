@@ -1,9 +1,25 @@
-"""The three M3 retrieval heads, applied to the encoder's last hidden states H (B, L, d)."""
+"""The three M3 retrieval heads, applied to the encoder's last hidden states.
+
+Each head takes either the padded states H (B, L, d) or, with ``positions``, the real tokens only: a (N, d) matrix
+whose row r is the state at flat padded position ``positions[r] = b·L + i`` (a packed batch, where no compute goes
+to padding). Outputs are in the padded layout either way, with the same values.
+"""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+def _texts_and_offsets(positions: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text b, offset i) of each flat padded position b·L + i."""
+    length = attention_mask.shape[1]
+    return torch.div(positions, length, rounding_mode="floor"), positions % length
+
+
+def _scatter_rows(rows: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    """(size, ...) zeros with ``rows[r]`` at ``index[r]`` (differentiable in ``rows``)."""
+    return rows.new_zeros((size, *rows.shape[1:])).index_copy(0, index, rows)
 
 
 class DenseHead(nn.Module):
@@ -16,13 +32,27 @@ class DenseHead(nn.Module):
         self.pooling = pooling
         self.normalize = normalize
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        if self.pooling == "cls":
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
+        if positions is not None:
+            vec = self._pool_tokens(hidden, attention_mask, positions)
+        elif self.pooling == "cls":
             vec = hidden[:, 0]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             vec = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
         return F.normalize(vec, dim=-1) if self.normalize else vec
+
+    def _pool_tokens(self, tokens: torch.Tensor, attention_mask: torch.Tensor,
+                     positions: torch.Tensor) -> torch.Tensor:
+        texts, offsets = _texts_and_offsets(positions, attention_mask)
+        batch = attention_mask.shape[0]
+        if self.pooling == "cls":  # a text without tokens pools to zeros, as its padded CLS row would
+            first = (offsets == 0).nonzero().squeeze(1)
+            return _scatter_rows(tokens.index_select(0, first), texts.index_select(0, first), batch)
+        sums = tokens.new_zeros(batch, tokens.shape[-1]).index_add(0, texts, tokens)
+        counts = torch.bincount(texts, minlength=batch).clamp_min(1).to(tokens.dtype)
+        return sums / counts[:, None]
 
 
 class SparseHead(nn.Module):
@@ -38,8 +68,13 @@ class SparseHead(nn.Module):
         self.register_buffer("special_token_ids", torch.tensor(sorted(set(special_token_ids)), dtype=torch.long),
                              persistent=False)
 
-    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         weights = torch.relu(self.linear(hidden).squeeze(-1))
+        if positions is not None:  # real tokens (N,): zero at special ids, scattered to (B, L)
+            ids = input_ids.reshape(-1).index_select(0, positions)
+            weights = weights * (~torch.isin(ids, self.special_token_ids)).to(weights.dtype)
+            return _scatter_rows(weights, positions, input_ids.numel()).view(input_ids.shape)
         keep = attention_mask.bool() & ~torch.isin(input_ids, self.special_token_ids)
         return weights * keep.to(weights.dtype)
 
@@ -52,8 +87,18 @@ class ColbertHead(nn.Module):
         self.linear = nn.Linear(hidden_size, colbert_dim or hidden_size)
         self.normalize = normalize
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         mask = attention_mask[:, 1:]
+        if positions is not None:  # real tokens after each text's first: projected, then scattered to (B, L-1)
+            texts, offsets = _texts_and_offsets(positions, attention_mask)
+            rest = (offsets > 0).nonzero().squeeze(1)
+            vecs = self.linear(hidden.index_select(0, rest))
+            if self.normalize:
+                vecs = F.normalize(vecs, dim=-1)
+            batch, length = attention_mask.shape
+            target = texts.index_select(0, rest) * (length - 1) + offsets.index_select(0, rest) - 1
+            return _scatter_rows(vecs, target, batch * (length - 1)).view(batch, length - 1, -1), mask
         vecs = self.linear(hidden[:, 1:]) * mask.unsqueeze(-1).to(hidden.dtype)
         if self.normalize:
             vecs = F.normalize(vecs, dim=-1)

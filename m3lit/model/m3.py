@@ -93,15 +93,17 @@ class M3Model(nn.Module):
                             **kwargs).last_hidden_state
 
     def heads_from_hidden(self, hidden: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                          heads: tuple[str, ...] | None = None) -> M3Reps:
+                          heads: tuple[str, ...] | None = None, positions: torch.Tensor | None = None) -> M3Reps:
+        """The heads on the padded states (B, L, d), or with ``positions`` on the real tokens only: hidden (N, d),
+        row r at flat padded position ``positions[r] = b·L + i`` of ``input_ids`` (B, L)."""
         heads = heads or self.active_heads
         reps = M3Reps(input_ids=input_ids, attention_mask=attention_mask)
         if "dense" in heads:
-            reps.dense = self.dense_head(hidden, attention_mask)
+            reps.dense = self.dense_head(hidden, attention_mask, positions)
         if "sparse" in heads:
-            reps.sparse = self.sparse_head(hidden, input_ids, attention_mask)
+            reps.sparse = self.sparse_head(hidden, input_ids, attention_mask, positions)
         if "colbert" in heads:
-            reps.colbert, reps.colbert_mask = self.colbert_head(hidden, attention_mask)
+            reps.colbert, reps.colbert_mask = self.colbert_head(hidden, attention_mask, positions)
         return reps
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

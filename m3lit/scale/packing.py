@@ -7,8 +7,8 @@
 - Otherwise (``eager``, other encoders, or ``pack_length=C``): texts packed into rows of C tokens (default: the
   batch's padded length; first-fit decreasing) with a block-diagonal attention mask (a token attends to the
   tokens of its own text only); attention then costs rows × C² and an (R, 1, C, C) mask.
-Positions restart at every text. Hidden states are scattered back to the padded (B, L, d) layout (zeros at
-padding) so the heads are unchanged; outputs equal the padded path's.
+Positions restart at every text. The heads run on the real tokens too (``M3Model.heads_from_hidden`` with their
+padded positions) and return the padded layout; outputs equal the padded path's.
 """
 from __future__ import annotations
 
@@ -127,14 +127,6 @@ def block_diagonal_mask(segments: torch.Tensor, kind: str, dtype: torch.dtype) -
     return torch.zeros(same.shape, dtype=dtype, device=segments.device).masked_fill(~same, torch.finfo(dtype).min)
 
 
-def unpack(hidden: torch.Tensor, packed: Packed) -> torch.Tensor:
-    """(R, C, d) packed hidden states -> (B, L, d) padded layout, zeros at padding (differentiable)."""
-    batch, length = packed.batch_shape
-    flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, packed.dst)
-    out = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy(0, packed.src, flat)
-    return out.view(batch, length, -1)
-
-
 def position_offset(encoder: nn.Module) -> int:
     """First position id of a text: padding_idx + 1 for RoBERTa-style embeddings (XLM-R), else 0."""
     embeddings = getattr(encoder, "embeddings", None)
@@ -155,11 +147,12 @@ def one_row(encoder: nn.Module, pack_length: int | None) -> bool:
                                            and config.model_type in ONE_ROW_SDPA_MODELS)
 
 
-def packed_hidden_states(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         pack_length: int | None = None) -> torch.Tensor:
-    """Last hidden states (B, L, d) computed on the packed real tokens only (zeros at padding): one row with
-    attention text by text (flash-attn; SDPA for XLM-R / RoBERTa / BERT unless ``pack_length``), else rows of
-    ``pack_length`` (default: the batch's padded length) tokens with a block-diagonal mask."""
+def packed_token_states(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        pack_length: int | None = None) -> tuple[torch.Tensor, Packed]:
+    """Last hidden states of the real tokens only, (N, d) in packing order, and the layout (``Packed.src``: each
+    row's flat padded position): one row with attention text by text (flash-attn; SDPA for XLM-R / RoBERTa / BERT
+    unless ``pack_length``), else rows of ``pack_length`` (default: the batch's padded length) tokens with a
+    block-diagonal mask."""
     encoder = model.encoder
     kind = encoder.config._attn_implementation
     pad_id = encoder.config.pad_token_id if encoder.config.pad_token_id is not None else 0
@@ -180,13 +173,21 @@ def packed_hidden_states(model: M3Model, input_ids: torch.Tensor, attention_mask
             raise RuntimeError(f"packed encoding: only {varlen_calls() - before} of {layers} attention layers of "
                                f"this {encoder.config.model_type} encoder took the packed path; set "
                                "train_step.encoding.packing=false (or a pack_length)")
-    else:
-        packed = pack(input_ids, attention_mask, pack_length or input_ids.shape[1], offset, pad_id)
-        dtype = encoder.get_input_embeddings().weight.dtype
-        mask = block_diagonal_mask(packed.segments, kind, dtype if dtype.is_floating_point else torch.float32)
-        hidden = encoder(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
-                         return_dict=True).last_hidden_state
-    return unpack(hidden, packed)
+        return hidden[0], packed  # one row of real tokens only: dst is 0 … N-1
+    packed = pack(input_ids, attention_mask, pack_length or input_ids.shape[1], offset, pad_id)
+    dtype = encoder.get_input_embeddings().weight.dtype
+    mask = block_diagonal_mask(packed.segments, kind, dtype if dtype.is_floating_point else torch.float32)
+    hidden = encoder(input_ids=packed.input_ids, attention_mask=mask, position_ids=packed.position_ids,
+                     return_dict=True).last_hidden_state
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, packed.dst), packed
+
+
+def packed_hidden_states(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         pack_length: int | None = None) -> torch.Tensor:
+    """Last hidden states (B, L, d) computed on the packed real tokens only (zeros at padding)."""
+    tokens, packed = packed_token_states(model, input_ids, attention_mask, pack_length)
+    batch, length = packed.batch_shape
+    return tokens.new_zeros(batch * length, tokens.shape[-1]).index_copy(0, packed.src, tokens).view(batch, length, -1)
 
 
 def encode_rows(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: bool = False,
@@ -195,5 +196,5 @@ def encode_rows(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.T
     when ``packing``."""
     if not packing:
         return model(input_ids, attention_mask, heads=heads)
-    hidden = packed_hidden_states(model, input_ids, attention_mask, pack_length)
-    return model.heads_from_hidden(hidden, input_ids, attention_mask, heads)
+    tokens, packed = packed_token_states(model, input_ids, attention_mask, pack_length)
+    return model.heads_from_hidden(tokens, input_ids, attention_mask, heads, positions=packed.src)
