@@ -44,3 +44,28 @@ def test_keeps_no_per_pair_tensor_for_backward():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         maxsim_scores(q, q_mask, p, p_mask)
     assert max(saved) <= q.numel() + p.numel()  # inputs only; colbert_scores keeps 16 × 8 × 32 argmax indices
+
+
+def test_padding_costs_no_similarities(monkeypatch):
+    """Passages of uneven lengths in any order: chunks of similar length, each cut to its longest passage."""
+    import m3lit.model.maxsim as maxsim
+
+    q, q_mask, p, p_mask = inputs(4, bq=2, lq=3, bp=6, lp=9, d=4)
+    lengths = [2, 9, 1, 5, 9, 3]
+    p_mask = (torch.arange(9)[None] < torch.tensor(lengths)[:, None]).long()
+    p = p * p_mask[..., None]
+    shapes = []
+    best = maxsim._best
+    monkeypatch.setattr(maxsim, "_best", lambda q, pc, mc: shapes.append(tuple(pc.shape[:2])) or best(q, pc, mc))
+    budget = 2 * 3 * 9 * 2  # two passages of the longest length per chunk
+    p1 = p.clone().requires_grad_()
+    got = maxsim_scores(q, q_mask, p1, p_mask, max_elements=budget)
+    got.sum().backward()
+    # longest first (9, 9 | 5, 3, 2 | 1), each chunk cut to its longest: 34 passage tokens instead of 6 × 9; the
+    # backward pass recomputes the same chunks
+    assert shapes == [(2, 9), (3, 5), (1, 1)] * 2
+    ref_p = p.clone().requires_grad_()
+    ref = colbert_scores(q, q_mask, ref_p, p_mask)
+    ref.sum().backward()
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=0)
+    torch.testing.assert_close(p1.grad, ref_p.grad, atol=1e-6, rtol=0)
