@@ -47,7 +47,8 @@ def test_keeps_no_per_pair_tensor_for_backward():
 
 
 def test_padding_costs_no_similarities(monkeypatch):
-    """Passages of uneven lengths in any order: chunks of similar length, each cut to its longest passage."""
+    """Passages of uneven lengths in any order: chunks of similar length, each cut to its longest passage, with the
+    values and gradients of colbert_scores."""
     import m3lit.model.maxsim as maxsim
 
     q, q_mask, p, p_mask = inputs(4, bq=2, lq=3, bp=6, lp=9, d=4)
@@ -61,9 +62,10 @@ def test_padding_costs_no_similarities(monkeypatch):
     p1 = p.clone().requires_grad_()
     got = maxsim_scores(q, q_mask, p1, p_mask, max_elements=budget)
     got.sum().backward()
-    # longest first (9, 9 | 5, 3, 2 | 1), each chunk cut to its longest: 34 passage tokens instead of 6 × 9; the
-    # backward pass recomputes the same chunks
-    assert shapes == [(2, 9), (3, 5), (1, 1)] * 2
+    # longest first (9, 9 | 5, 3 | 2 | 1): at most two passages of 9 per chunk (the budget), a chunk padded at most
+    # 25 % over its passages' tokens, each cut to its longest: 31 passage tokens instead of 6 × 9; the backward pass
+    # recomputes the same chunks
+    assert shapes == [(2, 9), (2, 5), (1, 2), (1, 1)] * 2
     ref_p = p.clone().requires_grad_()
     ref = colbert_scores(q, q_mask, ref_p, p_mask)
     ref.sum().backward()

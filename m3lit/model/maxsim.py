@@ -9,7 +9,7 @@ passage chunk's similarities, takes the argmax again and back-propagates through
     ∂s/∂p_j = Σ_{q,i: j*(q,i,p) = j} g[q, p] m_q[i] / |q| · q_i.
 Transient memory: a few buffers of ``max_elements`` similarities (16 MB each at the default 2^22 float32).
 Passages are taken in chunks of similar length, each cut to its longest passage, so the padding of a batch of
-uneven passages costs no similarities (the scores land in their columns; the values are unchanged).
+uneven passages costs (almost) no similarities (the scores land in their columns; the values are unchanged).
 """
 from __future__ import annotations
 
@@ -18,10 +18,14 @@ import torch
 DEFAULT_MAX_ELEMENTS = 2**22
 
 
+SLACK = 0.25  # a chunk grows while its padded tokens stay within 1 + SLACK of its passages' own
+
+
 def _chunks(q: torch.Tensor, p_mask: torch.Tensor, max_elements: int) -> list[tuple[torch.Tensor, int]]:
-    """Passages in chunks of similar length: (passage indices, width) with the chunk's similarities
-    Bq × Lq × chunk × width ≤ ``max_elements`` (at least one passage). Passages are taken longest first and each
-    chunk is cut to its longest passage's last real token (``width``), so padding costs no similarities."""
+    """Passages in chunks of similar length: (passage indices, width). Passages are taken longest first; a chunk is
+    cut to its first (longest) passage's last real token (``width``) and grows while its similarities
+    Bq × Lq × chunk × width stay within ``max_elements`` and chunk × width within ``1 + SLACK`` of its passages' own
+    widths, so padding costs (almost) no similarities."""
     positions = torch.arange(1, p_mask.shape[1] + 1, device=p_mask.device)
     widths = (p_mask * positions).amax(1).clamp_min(1) if p_mask.shape[1] else positions.new_ones(p_mask.shape[0])
     order = torch.argsort(widths, descending=True, stable=True)
@@ -29,22 +33,28 @@ def _chunks(q: torch.Tensor, p_mask: torch.Tensor, max_elements: int) -> list[tu
     per_token = max(1, q.shape[0] * q.shape[1])
     chunks, start = [], 0
     while start < len(sorted_widths):
-        width = sorted_widths[start]
-        count = max(1, max_elements // (per_token * width))
-        chunks.append((order[start:start + count], width))
-        start += count
+        width, end, own = sorted_widths[start], start + 1, sorted_widths[start]
+        most = max(1, max_elements // (per_token * width))
+        while end < len(sorted_widths) and end - start < most \
+                and (end - start + 1) * width <= (1 + SLACK) * (own + sorted_widths[end]):
+            own += sorted_widths[end]
+            end += 1
+        chunks.append((order[start:end], width))
+        start = end
     return chunks
 
 
 def _best(q: torch.Tensor, pc: torch.Tensor, mc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max over each passage's tokens of q_i · p_j: values and indices, (Bq, Lq, chunk)."""
-    sim = torch.einsum("qid,pjd->qipj", q, pc)
+    """Max over each passage's tokens of q_i · p_j: values and indices, (Bq, Lq, chunk). One (Bq·Lq) × (c·w)
+    product into a contiguous (Bq, Lq, c, w) tensor, so the mask and the max run over contiguous rows."""
+    sim = (q.reshape(-1, q.shape[-1]) @ pc.reshape(-1, pc.shape[-1]).T).view(*q.shape[:2], *pc.shape[:2])
     sim.masked_fill_(~mc[None, None], torch.finfo(sim.dtype).min)
     return sim.max(-1)
 
 
 def _chunk(p: torch.Tensor, pm: torch.Tensor, index: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return p.index_select(0, index)[:, :width], pm.index_select(0, index)[:, :width]
+    """The chunk's passages (c, width, d), contiguous, and their masks (c, width)."""
+    return p[:, :width].index_select(0, index), pm[:, :width].index_select(0, index)
 
 
 class _MaxSim(torch.autograd.Function):
@@ -72,11 +82,12 @@ class _MaxSim(torch.autograd.Function):
             coef = grad[:, None, index] * q_weight[:, :, None]              # (Bq, Lq, c)
             weights = q.new_zeros(q.shape[0], q.shape[1], pc.shape[0], width)
             weights.scatter_(3, best.unsqueeze(-1), coef.unsqueeze(-1))     # coef at each argmax, (Bq, Lq, c, w)
+            flat = weights.view(q.shape[0] * q.shape[1], -1)                  # (Bq·Lq, c·w)
             if grad_q is not None:
-                grad_q += torch.einsum("qipj,pjd->qid", weights, pc)
+                grad_q += (flat @ pc.reshape(-1, pc.shape[-1])).view_as(q)
             if grad_p is not None:
                 rows = p.new_zeros(pc.shape[0], *p.shape[1:])
-                rows[:, :width] = torch.einsum("qipj,qid->pjd", weights, q)
+                rows[:, :width] = (flat.T @ q.reshape(-1, q.shape[-1])).view_as(pc)
                 grad_p.index_copy_(0, index, rows)
         return grad_q, None, grad_p, None, None
 
