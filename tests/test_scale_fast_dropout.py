@@ -180,3 +180,14 @@ def test_packed_attention_with_dropout_in_bf16_is_the_float32_formula_with_the_s
     assert got.dtype == torch.bfloat16 and q16.grad.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=0)
     assert 0.1 < dropped.float().mean() < 0.3
+
+
+def test_keep_mask_in_a_floating_dtype_holds_the_same_draws():
+    """keep_mask(dtype=float32 / bfloat16): the uint8 mask's 0 / 1 from the same draws, written in that dtype."""
+    torch.manual_seed(5)
+    keep = keep_mask((23, 19), 0.2)
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(5)
+        factor = keep_mask((23, 19), 0.2, dtype=dtype)
+        assert factor.dtype == dtype and factor.shape == (23, 19)
+        assert torch.equal(factor, keep.to(dtype))

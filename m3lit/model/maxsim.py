@@ -61,7 +61,7 @@ class _MaxSim(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, q_mask, p, p_mask, max_elements):
         q_weight = q_mask.to(q.dtype) / q_mask.sum(-1, keepdim=True).clamp_min(1).to(q.dtype)  # m_q[i] / |q|
-        pm = p_mask.bool()
+        q, pm = q.contiguous(), p_mask.bool()  # q's (Bq·Lq, d) view in every product
         chunks = _chunks(q, pm, max_elements)
         scores = q.new_empty(q.shape[0], p.shape[0])
         for index, width in chunks:

@@ -173,7 +173,7 @@ def packed_token_states(model: M3Model, input_ids: torch.Tensor, attention_mask:
             raise RuntimeError(f"packed encoding: only {varlen_calls() - before} of {layers} attention layers of "
                                f"this {encoder.config.model_type} encoder took the packed path; set "
                                "train_step.encoding.packing=false (or a pack_length)")
-        return hidden[0], packed  # one row of real tokens only: dst is 0 … N-1
+        return hidden.squeeze(0), packed  # one row of real tokens only (dst is 0 … N-1); squeeze's backward is a view
     packed = pack(input_ids, attention_mask, pack_length or input_ids.shape[1], offset, pad_id)
     dtype = encoder.get_input_embeddings().weight.dtype
     mask = block_diagonal_mask(packed.segments, kind, dtype if dtype.is_floating_point else torch.float32)

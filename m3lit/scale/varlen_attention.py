@@ -50,9 +50,10 @@ def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
 
     Few passes over the (n, H, l, m) tensors, which take most of its time: the scores are scaled and masked in the
     product (``baddbmm``) in q's dtype, softmax computes in float32 (``dtype=``: its float32 copy of the scores is
-    transient, the graph keeps the probabilities only), the dropout multiplies a copy in v's dtype by the one-byte
-    keep mask in place, and 1 / (1 − p_q) (``keep_scale``) scales the (n, H, l, Dh) output instead of the
-    probabilities (``benchmarks/attention_dropout.py``: 2× SDPA's speed in bf16, the same in float32)."""
+    transient, the graph keeps the probabilities only), the dropout multiplies them (in v's dtype) by a keep mask
+    drawn in v's dtype (no uint8 mask cast in the product or its backward; the call is recomputed in the backward
+    pass, so the mask is transient), and 1 / (1 − p_q) (``keep_scale``) scales the (n, H, l, Dh) output instead of
+    the probabilities (``benchmarks/attention_dropout.py``: 2× SDPA's speed in bf16, the same in float32)."""
     with torch.autocast("cpu", enabled=False):
         k, v = k.to(q.dtype), v.to(q.dtype)
         scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -68,7 +69,8 @@ def _attention_fast_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, m
         del scores
         if dropout == 0.0:
             return torch.matmul(probs.to(v.dtype), v)
-        dropped = probs.to(v.dtype, copy=True).mul_(keep_mask(probs.shape, dropout))
+        keep = keep_mask(probs.shape, dropout, dtype=v.dtype)  # transient (recomputed path): in v's dtype
+        dropped = probs.mul(keep) if probs.dtype == v.dtype else probs.to(v.dtype).mul_(keep)
         return torch.matmul(dropped, v).mul_(keep_scale(dropout))
 
 
@@ -106,7 +108,8 @@ def varlen_sdpa_forward(module: nn.Module, query: torch.Tensor, key: torch.Tenso
     bounds = cu_seq_lens_q.tolist()
     starts, lengths = bounds[:-1], [e - s for s, e in zip(bounds[:-1], bounds[1:])]
     heads, total, dim = query.shape[1], query.shape[2], query.shape[3]
-    flat = [t[0].transpose(0, 1).reshape(total, heads * dim) for t in (query, key, value)]  # (T, H·Dh)
+    # squeeze, not [0]: its backward is a view, where select's allocates and fills a (1, H, T, Dh) gradient
+    flat = [t.squeeze(0).transpose(0, 1).reshape(total, heads * dim) for t in (query, key, value)]  # (T, H·Dh)
     positions, outputs = [], []
     for members in length_groups(lengths):
         width = lengths[members[0]]
@@ -115,7 +118,7 @@ def varlen_sdpa_forward(module: nn.Module, query: torch.Tensor, key: torch.Tenso
             q, k, v = (t[s:s + width].view(1, width, heads, dim).transpose(1, 2) for t in flat)
             o = _attention(q, k, v, None, dropout, scaling, fast)
             positions.append(torch.arange(s, s + width, device=query.device))
-            outputs.append(o[0].transpose(0, 1).reshape(width, heads * dim))
+            outputs.append(o.squeeze(0).transpose(0, 1).reshape(width, heads * dim))
             continue
         offsets = torch.arange(width, device=query.device)
         first = torch.tensor([starts[i] for i in members], device=query.device)
