@@ -17,7 +17,7 @@ def _texts_and_offsets(positions: torch.Tensor, attention_mask: torch.Tensor) ->
     return torch.div(positions, length, rounding_mode="floor"), positions % length
 
 
-def _scatter_rows(rows: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+def scatter_rows(rows: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
     """(size, ...) zeros with ``rows[r]`` at ``index[r]`` (differentiable in ``rows``)."""
     return rows.new_zeros((size, *rows.shape[1:])).index_copy(0, index, rows)
 
@@ -49,7 +49,7 @@ class DenseHead(nn.Module):
         batch = attention_mask.shape[0]
         if self.pooling == "cls":  # a text without tokens pools to zeros, as its padded CLS row would
             first = (offsets == 0).nonzero().squeeze(1)
-            return _scatter_rows(tokens.index_select(0, first), texts.index_select(0, first), batch)
+            return scatter_rows(tokens.index_select(0, first), texts.index_select(0, first), batch)
         sums = tokens.new_zeros(batch, tokens.shape[-1]).index_add(0, texts, tokens)
         counts = torch.bincount(texts, minlength=batch).clamp_min(1).to(tokens.dtype)
         return sums / counts[:, None]
@@ -74,7 +74,7 @@ class SparseHead(nn.Module):
         if positions is not None:  # real tokens (N,): zero at special ids, scattered to (B, L)
             ids = input_ids.reshape(-1).index_select(0, positions)
             weights = weights * (~torch.isin(ids, self.special_token_ids)).to(weights.dtype)
-            return _scatter_rows(weights, positions, input_ids.numel()).view(input_ids.shape)
+            return scatter_rows(weights, positions, input_ids.numel()).view(input_ids.shape)
         keep = attention_mask.bool() & ~torch.isin(input_ids, self.special_token_ids)
         return weights * keep.to(weights.dtype)
 
@@ -98,7 +98,7 @@ class ColbertHead(nn.Module):
                 vecs = F.normalize(vecs, dim=-1)
             batch, length = attention_mask.shape
             target = texts.index_select(0, rest) * (length - 1) + offsets.index_select(0, rest) - 1
-            return _scatter_rows(vecs, target, batch * (length - 1)).view(batch, length - 1, -1), mask
+            return scatter_rows(vecs, target, batch * (length - 1)).view(batch, length - 1, -1), mask
         vecs = self.linear(hidden[:, 1:]) * mask.unsqueeze(-1).to(hidden.dtype)
         if self.normalize:
             vecs = F.normalize(vecs, dim=-1)

@@ -86,9 +86,8 @@ class _MaxSim(torch.autograd.Function):
             if grad_q is not None:
                 grad_q += (flat @ pc.reshape(-1, pc.shape[-1])).view_as(q)
             if grad_p is not None:
-                rows = p.new_zeros(pc.shape[0], *p.shape[1:])
-                rows[:, :width] = (flat.T @ q.reshape(-1, q.shape[-1])).view_as(pc)
-                grad_p.index_copy_(0, index, rows)
+                # each passage is in one chunk: its first ``width`` rows, the rest stay zero
+                grad_p[:, :width].index_copy_(0, index, (flat.T @ q.reshape(-1, q.shape[-1])).view_as(pc))
         return grad_q, None, grad_p, None, None
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..model.heads import scatter_rows
 from ..model.m3 import M3Model, M3Reps
 from .varlen_attention import varlen_calls
 
@@ -187,7 +188,7 @@ def packed_hidden_states(model: M3Model, input_ids: torch.Tensor, attention_mask
     """Last hidden states (B, L, d) computed on the packed real tokens only (zeros at padding)."""
     tokens, packed = packed_token_states(model, input_ids, attention_mask, pack_length)
     batch, length = packed.batch_shape
-    return tokens.new_zeros(batch * length, tokens.shape[-1]).index_copy(0, packed.src, tokens).view(batch, length, -1)
+    return scatter_rows(tokens, packed.src, batch * length).view(batch, length, -1)
 
 
 def encode_rows(model: M3Model, input_ids: torch.Tensor, attention_mask: torch.Tensor, packing: bool = False,
