@@ -10,7 +10,9 @@ from m3lit.loss import (
     MixedTeacher,
     UniformTeacher,
     WeightedTeacher,
+    infonce,
     m3_kd_loss,
+    passage_to_query_infonce,
     soft_cross_entropy,
 )
 
@@ -108,6 +110,34 @@ def test_separate_weights_of_the_hard_and_distillation_terms():
     torch.testing.assert_close(out.loss, 0.2 * base.hard + 1.5 * distill)
     with pytest.raises(ValueError, match="distill_head_weights"):
         M3Loss(distill_head_weights={"dens": 1.0})
+
+
+def test_ensemble_weight_scales_the_ensemble_hard_label_term_only():
+    base = M3Loss()(rows(), POS, G)
+    out = M3Loss(ensemble_weight=3.0)(rows(), POS, G)
+    s = {h: v / 0.02 for h, v in rows().items()}
+    l_e = infonce(s["dense"] + 0.3 * s["sparse"] + s["colbert"], POS)
+    torch.testing.assert_close(out.head_losses["ensemble"], l_e)
+    torch.testing.assert_close(out.hard, base.hard + 2.0 * l_e / 4)
+    torch.testing.assert_close(out.distill, base.distill)
+    with pytest.raises(ValueError, match="ensemble_weight"):
+        M3Loss(ensemble_weight=-1.0)
+
+
+def test_passage_to_query_term_equals_its_definition():
+    scores = rows(seed=5)
+    s = {h: v / 0.02 for h, v in scores.items()}
+    s_e = s["dense"] + 0.3 * s["sparse"] + s["colbert"]
+
+    def reverse(row):  # each positive passage j against the B queries, by hand
+        return sum(-torch.log_softmax(row[:, POS[j]], 0)[j] for j in range(B)) / B
+
+    torch.testing.assert_close(passage_to_query_infonce(s["dense"], POS), reverse(s["dense"]))
+    base = M3Loss()(scores, POS, G)
+    out = M3Loss(passage_to_query_weight=0.5)(scores, POS, G)
+    for h, row in {**s, "ensemble": s_e}.items():
+        torch.testing.assert_close(out.head_losses[h], base.head_losses[h] + 0.5 * reverse(row))
+    torch.testing.assert_close(out.distill, base.distill)
 
 
 def test_distillation_diagnostics_equal_their_definitions():

@@ -14,6 +14,14 @@ def infonce(scores: torch.Tensor, pos_index: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(scores, pos_index)
 
 
+def passage_to_query_infonce(scores: torch.Tensor, pos_index: torch.Tensor) -> torch.Tensor:
+    """The reverse direction: each query's positive passage against the batch's B queries,
+    L = mean_j -log softmax_i(scores[i, pos_index[j]])[j]. scores (B, N) already divided by the temperature; the
+    (B, B) block scores[:, pos_index] is every query against every positive (the local queries only)."""
+    block = scores[:, pos_index].transpose(0, 1)
+    return F.cross_entropy(block, torch.arange(block.shape[0], device=scores.device))
+
+
 def group_columns(pos_index: torch.Tensor, group_size: int) -> torch.Tensor:
     """Columns of each query's own group: (B, G) = pos_index[:, None] + arange(G)."""
     return pos_index[:, None] + torch.arange(group_size, device=pos_index.device)

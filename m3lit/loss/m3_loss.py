@@ -1,11 +1,12 @@
 """The M3 training objective: per-head InfoNCE, the ensemble loss, and self-knowledge distillation.
 
 With temperature τ and s_h = score_h / τ for the active heads h ∈ {dense, sparse, colbert}:
-    hard-label   L  = (Σ_h λ_h L_h + L_e) / (n_heads + 1)        (one head: L = L_h)
+    hard-label   L  = (Σ_h λ_h L_h + λ_e L_e) / (n_heads + 1)    (one head: L = L_h; λ_e = ``ensemble_weight``, 1)
     distillation L' = Σ_h λ'_h CE(p, s_h) / n_heads,  p = teacher targets (detached)
     final        α L + β L' from step ``self_distill_start_step`` on, L before   (α = ``hard_weight``,
                  β = ``distill_weight``, both 0.5; λ' = ``distill_head_weights``, default λ)
-L_h is InfoNCE over the candidate row, or, when the teacher uses the data's teacher scores
+L_h is InfoNCE over the candidate row (+ μ · InfoNCE of each positive passage over the batch's queries,
+μ = ``passage_to_query_weight``, 0 by default), or, when the teacher uses the data's teacher scores
 (``teacher.uses_external``), the batch carries them and ``kd_loss_type`` is set, FlagEmbedding's ``m3_kd_loss`` /
 ``kl_div`` against softmax(teacher_scores / external_temperature). ``teacher=views`` with ``symmetric``: L' is the
 mean of the first view learning the second's ensemble and the second view (``sources["views"]``, with gradient)
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..model.defaults import LOSS_WEIGHTS
 from .distill import KD_LOSSES, soft_cross_entropy
-from .infonce import group_to_row, infonce
+from .infonce import group_to_row, infonce, passage_to_query_infonce
 from .teacher import TeacherAggregator, WeightedTeacher
 
 
@@ -62,6 +63,8 @@ class M3Loss(nn.Module):
         hard_weight: float = 0.5,
         distill_weight: float = 0.5,
         distill_head_weights: Mapping[str, float] | None = None,
+        ensemble_weight: float = 1.0,
+        passage_to_query_weight: float = 0.0,
     ):
         super().__init__()
         if temperature <= 0:
@@ -72,7 +75,9 @@ class M3Loss(nn.Module):
             unknown = set(given or {}) - set(LOSS_WEIGHTS)
             if unknown:
                 raise ValueError(f"loss.{name}: unknown head(s) {sorted(unknown)}")
-        for name, value in (("hard_weight", hard_weight), ("distill_weight", distill_weight)):
+        for name, value in (("hard_weight", hard_weight), ("distill_weight", distill_weight),
+                            ("ensemble_weight", ensemble_weight),
+                            ("passage_to_query_weight", passage_to_query_weight)):
             if value < 0:
                 raise ValueError(f"loss.{name} must be ≥ 0, got {value}")
         self.teacher = teacher if teacher is not None else WeightedTeacher()
@@ -83,8 +88,17 @@ class M3Loss(nn.Module):
         self.kd_loss_type = kd_loss_type
         self.external_temperature = external_temperature
         self.hard_weight, self.distill_weight = float(hard_weight), float(distill_weight)
+        self.ensemble_weight = float(ensemble_weight)
+        self.passage_to_query_weight = float(passage_to_query_weight)
         self.distill_head_weights = {**self.head_weights,
                                      **{k: float(v) for k, v in (distill_head_weights or {}).items()}}
+
+    def contrastive(self, row: torch.Tensor, pos_index: torch.Tensor) -> torch.Tensor:
+        """InfoNCE of each query over its (B, N) row, + μ · InfoNCE of each positive over the batch's queries."""
+        loss = infonce(row, pos_index)
+        if self.passage_to_query_weight:
+            loss = loss + self.passage_to_query_weight * passage_to_query_infonce(row, pos_index)
+        return loss
 
     def distill_active(self, step: int, n_heads: int) -> bool:
         if not self.self_distill or step < self.self_distill_start_step:
@@ -115,14 +129,14 @@ class M3Loss(nn.Module):
         def hard(row: torch.Tensor) -> torch.Tensor:
             if external is not None and self.kd_loss_type is not None:
                 return KD_LOSSES[self.kd_loss_type](external, row, pos_index)
-            return infonce(row, pos_index)
+            return self.contrastive(row, pos_index)
 
         head_losses = {h: hard(scaled[h]) for h in heads}
         ensemble = self.teacher.ensemble(scaled)
         if len(heads) > 1:
             head_losses["ensemble"] = hard(ensemble)
             hard_loss = (sum(self.head_weights[h] * head_losses[h] for h in heads)
-                         + head_losses["ensemble"]) / (len(heads) + 1)
+                         + self.ensemble_weight * head_losses["ensemble"]) / (len(heads) + 1)
         else:
             hard_loss = head_losses[heads[0]]
 
@@ -160,7 +174,7 @@ class M3Loss(nn.Module):
                 parts.append(sum(self.distill_head_weights[h] * soft_cross_entropy(targets, v)
                                  for h, v in scaled.items()) / len(scaled))
             if getattr(teacher, "hard_labels", False):
-                parts.append(sum(self.head_weights[h] * infonce(v, pos_index) for h, v in scaled.items()) / len(scaled))
+                parts.append(sum(self.head_weights[h] * self.contrastive(v, pos_index) for h, v in scaled.items()) / len(scaled))
             if parts:
                 term = sum(parts)
                 out.head_losses[f"layer{layer}"] = term
