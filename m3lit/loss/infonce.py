@@ -19,7 +19,7 @@ def passage_to_query_infonce(scores: torch.Tensor, pos_index: torch.Tensor) -> t
     L = mean_j -log softmax_i(scores[i, pos_index[j]])[j]. scores (B, N) already divided by the temperature; the
     (B, B) block scores[:, pos_index] is every query against every positive (the local queries only)."""
     block = scores[:, pos_index].transpose(0, 1)
-    return F.cross_entropy(block, torch.arange(block.shape[0], device=scores.device))
+    return infonce(block, torch.arange(block.shape[0], device=scores.device))
 
 
 def group_columns(pos_index: torch.Tensor, group_size: int) -> torch.Tensor:
