@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from typing import Any, Mapping, Sequence
 
@@ -59,6 +60,7 @@ class M3LightningModule(L.LightningModule):
         warmup_steps: int | None = None,
         teacher_lr: float | None = None,
         head_lr: Mapping[str, float | None] | None = None,
+        layer_decay: float = 1.0,
         implementation: str = "auto",
         cross_device: Mapping[str, bool] | bool | None = None,
         encoding: Mapping[str, Any] | None = None,
@@ -72,7 +74,8 @@ class M3LightningModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
                           warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, teacher_lr=teacher_lr,
-                          head_lr=_head_lr(head_lr), implementation=_adamw_implementation(implementation))
+                          head_lr=_head_lr(head_lr), layer_decay=_layer_decay(layer_decay),
+                          implementation=_adamw_implementation(implementation))
         self._step_started: float | None = None
         self._step_tokens: tuple[int, int] | None = None
         self._last_batch_end: float | None = None
@@ -309,7 +312,8 @@ class M3LightningModule(L.LightningModule):
     # ------------------------------------------------------------------ checkpoints
     def model_signature(self) -> dict[str, Any]:
         """What a checkpoint must match to be resumed into this module: encoder shape, heads, pooling, whether the
-        teacher has learned weights (the optimiser's parameter groups follow from these)."""
+        teacher has learned weights, whether the encoder's rate decays by layer (the optimiser's parameter groups
+        follow from these)."""
         config = self.model.encoder.config
         encoder = {k: getattr(config, k, None) for k in ("model_type", "hidden_size", "num_hidden_layers",
                                                           "num_attention_heads", "intermediate_size", "vocab_size",
@@ -319,7 +323,7 @@ class M3LightningModule(L.LightningModule):
                 "pooling": self.model.head_config.pooling,
                 "learned_teacher_weights": any(p.requires_grad for p in self.loss_fn.parameters()),
                 "ema_teacher": self.ema is not None, "snapshot_teacher": self.snapshot is not None,
-                "layer_heads": sorted(self.layer_heads)}
+                "layer_heads": sorted(self.layer_heads), "layer_decay_groups": self.optim["layer_decay"] != 1.0}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Adds every rank's RNG states, the model signature and the skip counters (a collective: all ranks)."""
@@ -433,16 +437,27 @@ class M3LightningModule(L.LightningModule):
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW over parameter groups: the encoder, each trainable head at ``head_lr[head]`` (default ``lr``),
-        learned teacher weights at ``teacher_lr``; no weight decay on biases and norms. One schedule scales all."""
+        learned teacher weights at ``teacher_lr``; no weight decay on biases and norms. With ``layer_decay`` γ < 1
+        the encoder's rate falls by γ per layer below the top: lr · γ^(L + 1 − depth), depth 0 for the embeddings,
+        i + 1 for layer i, L + 1 for the rest (``encoder_depths``). One schedule scales all."""
         lr = self.optim["lr"]
         groups = []
         for part, params in _parameter_parts(self.model).items():
             part_lr = self.optim["head_lr"].get(part)
             part_lr = lr if part_lr is None else part_lr
-            decay = [p for n, p in params if p.ndim >= 2 and "norm" not in n.lower()]
-            no_decay = [p for n, p in params if not (p.ndim >= 2 and "norm" not in n.lower())]
-            groups += [{"params": decay, "weight_decay": self.optim["weight_decay"], "lr": part_lr, "name": part},
-                       {"params": no_decay, "weight_decay": 0.0, "lr": part_lr, "name": f"{part}/no_decay"}]
+            by_rate: dict[tuple[float, str], list[tuple[str, torch.nn.Parameter]]] = {}
+            depths, top = encoder_depths([n for n, _ in params]) if part == "encoder" else ({}, 0)
+            for name, param in params:
+                scale = self.optim["layer_decay"] ** (top - depths[name]) if name in depths else 1.0
+                suffix = f"/depth{depths[name]}" if scale != 1.0 else ""
+                by_rate.setdefault((part_lr * scale, suffix), []).append((name, param))
+            for (group_lr, suffix), named in by_rate.items():
+                decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
+                no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
+                groups += [{"params": decay, "weight_decay": self.optim["weight_decay"], "lr": group_lr,
+                            "name": part + suffix},
+                           {"params": no_decay, "weight_decay": 0.0, "lr": group_lr,
+                            "name": f"{part}{suffix}/no_decay"}]
         groups = [g for g in groups if g["params"]]
         if len(self.layer_heads):
             layer_params = [p for p in self.layer_heads.parameters() if p.requires_grad]
@@ -536,6 +551,25 @@ def _parameter_parts(model: M3Model) -> dict[str, list[tuple[str, torch.nn.Param
         if param.requires_grad:
             parts[owner.get(name.split(".", 1)[0], "encoder")].append((name, param))
     return parts
+
+
+LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def encoder_depths(names: Sequence[str]) -> tuple[dict[str, int], int]:
+    """Depth of each encoder parameter for layer-wise learning-rate decay, and the top depth L + 1: 0 for the
+    embeddings (a name with ``embed``), i + 1 for transformer layer i (``...layer.<i>.`` / ``layers.<i>.``), L + 1
+    for everything above the layers (pooler, final norm). L = the number of layers found."""
+    layers = {name: int(m.group(1)) for name in names if (m := LAYER_INDEX.search(name))}
+    top = max(layers.values(), default=-1) + 2
+    return {name: layers[name] + 1 if name in layers else 0 if "embed" in name.lower() else top
+            for name in names}, top
+
+
+def _layer_decay(value: float) -> float:
+    if not 0.0 < float(value) <= 1.0:
+        raise ValueError(f"optim.layer_decay={value!r}: expected 0 < γ ≤ 1 (1: one rate for the whole encoder)")
+    return float(value)
 
 
 def _zero_loss(module: torch.nn.Module) -> torch.Tensor:

@@ -235,6 +235,13 @@ def test_resume_with_other_heads_names_the_difference(trained):
         train([*args, "trainer.max_steps=4", f"resume_from={last}", "model.heads.colbert=false"], work / "heads")
 
 
+def test_resume_with_layer_decay_names_the_optimizer_groups(trained):
+    work, args, last = trained
+    message = "different model configuration: layer_decay_groups: checkpoint False, this run True"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train([*args, "trainer.max_steps=4", f"resume_from={last}", "optim.layer_decay=0.9"], work / "decay")
+
+
 def test_resume_on_changed_data_fails_or_restarts_when_asked(trained, caplog):
     work, args, last = trained
     first = sorted((work / "train").glob("*.jsonl"))[0]

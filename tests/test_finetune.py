@@ -88,6 +88,44 @@ def test_head_learning_rates_reach_the_optimizer(dropout_model_dir):
         build_module(compose_train("model=pretrained", f"model.path={dropout_model_dir}", "+optim.head_lr.dense=1"))
 
 
+def test_layer_decay_scales_the_encoder_rate_by_depth(dropout_model_dir):
+    """optim.layer_decay γ: lr·γ^(L+1-depth) for the encoder (embeddings depth 0, layer i depth i+1, above the
+    layers L+1), heads at their own rates; γ = 1 gives the single-rate groups; γ outside (0, 1] is refused."""
+    from m3lit.cli.train import build_module
+
+    def rates(*overrides):
+        module = build_module(compose_train("model=pretrained", f"model.path={dropout_model_dir}", *overrides))
+        module._trainer = types.SimpleNamespace(estimated_stepping_batches=10, precision="32-true")
+        optimizer = module.configure_optimizers()["optimizer"]
+        names = {id(p): n for n, p in module.model.named_parameters()}
+        by_name = {names[id(p)]: g["initial_lr"] for g in optimizer.param_groups for p in g["params"]}
+        assert len(by_name) == sum(p.requires_grad for p in module.parameters())
+        return by_name
+
+    flat = rates()
+    assert set(flat.values()) == {2e-5, 1e-3}
+    decayed = rates("optim.layer_decay=0.5")  # 2 layers: L + 1 = 3
+    expected = {"encoder.embeddings.word_embeddings.weight": 2e-5 * 0.5 ** 3,
+                "encoder.encoder.layer.0.attention.output.dense.weight": 2e-5 * 0.5 ** 2,
+                "encoder.encoder.layer.1.output.LayerNorm.bias": 2e-5 * 0.5,
+                "sparse_head.linear.weight": 1e-3, "colbert_head.linear.weight": 1e-3}
+    for name, lr in expected.items():
+        assert decayed[name] == pytest.approx(lr), name
+    assert {n: lr for n, lr in decayed.items() if not n.startswith("encoder.")} == \
+        {n: lr for n, lr in flat.items() if not n.startswith("encoder.")}
+    with pytest.raises(ValueError, match="optim.layer_decay=1.5"):
+        rates("optim.layer_decay=1.5")
+
+
+def test_encoder_depths_across_naming_schemes():
+    from m3lit.module import encoder_depths
+
+    depths, top = encoder_depths(["embeddings.tok_embeddings.weight", "layers.0.attn.Wqkv.weight",
+                                  "layers.11.mlp.Wo.weight", "final_norm.weight"])
+    assert top == 13 and depths == {"embeddings.tok_embeddings.weight": 0, "layers.0.attn.Wqkv.weight": 1,
+                                    "layers.11.mlp.Wo.weight": 12, "final_norm.weight": 13}
+
+
 def test_fine_tuning_a_real_pretrained_encoder_from_disk(tmp_path):
     """sentence-transformers/all-MiniLM-L6-v2 (BERT, WordPiece, mean pooling; shipped offline by a PyPI package)
     fine-tuned two steps by the installed m3lit-train; the export keeps its pooling and loads."""
