@@ -5,6 +5,7 @@ import logging
 import os
 import re
 import time
+import warnings
 from typing import Any, Mapping, Sequence
 
 import lightning as L
@@ -297,6 +298,12 @@ class M3LightningModule(L.LightningModule):
         """Train mode for every submodule, whatever loaded the model (``from_pretrained`` returns eval mode and
         Lightning keeps the modes it finds): dropout is on as in the encoder's config."""
         self.train()
+        frozen = sum(1 for copy in (self.ema, self.snapshot) if copy is not None for m in copy.modules()
+                     if not m.training)
+        if frozen:  # the teacher's copies stay in eval mode by design; Lightning would warn about exactly these
+            warnings.filterwarnings("ignore", message=rf"Found {frozen} module\(s\) in eval mode at the start")
+            log.info("the teacher's frozen copy: %d modules in eval mode by design (no dropout in its targets); "
+                     "every other module trains", frozen)
         if self.ema is not None:
             s = self.ema.settings
             self.print(f"teacher EMA copy: {self.ema.memory_bytes() / 2 ** 20:.1f} MiB more weights on this rank (the "

@@ -114,8 +114,11 @@ def fit(tmp_path, max_steps, ckpt_path=None, save_at=None):
 KEY = "encoder.embeddings.word_embeddings.weight"
 
 
-def test_training_keeps_the_copy_by_the_formula_and_resumes_it_exactly(tmp_path, capsys):
+def test_training_keeps_the_copy_by_the_formula_and_resumes_it_exactly(tmp_path, capsys, recwarn):
     full, weights = fit(tmp_path, 4, save_at=3)
+    # only the copy is in eval mode, by design: no "modules in eval mode" warning from Lightning
+    assert not [w for w in recwarn if "in eval mode" in str(w.message)]
+    assert all(m.training for n, m in full.named_modules() if not n.startswith("ema"))
     assert "teacher EMA copy:" in capsys.readouterr().out
     expected = tiny_module(ema=True).ema.copy.state_dict()[KEY]  # the copy before training (seeded)
     for step in range(4):  # decay 0.5 from step 0: θ'_t = ½ θ'_{t-1} + ½ θ_t
