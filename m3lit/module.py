@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import lightning as L
 import torch
@@ -22,6 +21,14 @@ from .loss.snapshot import SnapshotModel
 from .loss.views import augment
 from .model import M3Model, M3Reps
 from .model.layerwise import HeadSet, check_layers, layer_reps
+from .optim import (
+    adamw_kernel,
+    check_adamw_implementation,
+    check_head_lr,
+    check_layer_decay,
+    parameter_groups,
+    warmup_then_linear_decay,
+)
 from .runs.rng_state import gather_rng_states, restore_rng_states
 from .scale.cross_device import MASKED_SCORE, score_candidates
 from .scale.fast_dropout import use_fast_dropout
@@ -75,8 +82,8 @@ class M3LightningModule(L.LightningModule):
         self.tokenizer = tokenizer
         self.optim = dict(lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps,
                           warmup_ratio=warmup_ratio, warmup_steps=warmup_steps, teacher_lr=teacher_lr,
-                          head_lr=_head_lr(head_lr), layer_decay=_layer_decay(layer_decay),
-                          implementation=_adamw_implementation(implementation))
+                          head_lr=check_head_lr(head_lr), layer_decay=check_layer_decay(layer_decay),
+                          implementation=check_adamw_implementation(implementation))
         self._step_started: float | None = None
         self._step_tokens: tuple[int, int] | None = None
         self._last_batch_end: float | None = None
@@ -443,29 +450,12 @@ class M3LightningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW over parameter groups: the encoder, each trainable head at ``head_lr[head]`` (default ``lr``),
-        learned teacher weights at ``teacher_lr``; no weight decay on biases and norms. With ``layer_decay`` γ < 1
-        the encoder's rate falls by γ per layer below the top: lr · γ^(L + 1 − depth), depth 0 for the embeddings,
-        i + 1 for layer i, L + 1 for the rest (``encoder_depths``). One schedule scales all."""
+        """AdamW over the model's groups (``m3lit.optim.parameter_groups``: encoder with layer-wise decay, heads at
+        their own rates), the layer-wise teacher's heads at ``lr`` and learned teacher weights at ``teacher_lr``;
+        one schedule (warm-up, then linear decay to 0) scales all."""
         lr = self.optim["lr"]
-        groups = []
-        for part, params in _parameter_parts(self.model).items():
-            part_lr = self.optim["head_lr"].get(part)
-            part_lr = lr if part_lr is None else part_lr
-            by_rate: dict[tuple[float, str], list[tuple[str, torch.nn.Parameter]]] = {}
-            depths, top = encoder_depths([n for n, _ in params]) if part == "encoder" else ({}, 0)
-            for name, param in params:
-                scale = self.optim["layer_decay"] ** (top - depths[name]) if name in depths else 1.0
-                suffix = f"/depth{depths[name]}" if scale != 1.0 else ""
-                by_rate.setdefault((part_lr * scale, suffix), []).append((name, param))
-            for (group_lr, suffix), named in by_rate.items():
-                decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
-                no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
-                groups += [{"params": decay, "weight_decay": self.optim["weight_decay"], "lr": group_lr,
-                            "name": part + suffix},
-                           {"params": no_decay, "weight_decay": 0.0, "lr": group_lr,
-                            "name": f"{part}{suffix}/no_decay"}]
-        groups = [g for g in groups if g["params"]]
+        groups = parameter_groups(self.model, lr, self.optim["weight_decay"], self.optim["head_lr"],
+                                  self.optim["layer_decay"])
         if len(self.layer_heads):
             layer_params = [p for p in self.layer_heads.parameters() if p.requires_grad]
             groups.append({"params": layer_params, "weight_decay": self.optim["weight_decay"], "lr": lr,
@@ -482,42 +472,8 @@ class M3LightningModule(L.LightningModule):
         warmup = self.optim["warmup_steps"]
         if warmup is None:
             warmup = int(self.optim["warmup_ratio"] * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / (warmup + 1)
-            return max(0.0, (total - step) / max(1, total - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_then_linear_decay(warmup, total))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-HEAD_MODULES = {"sparse": "sparse_head", "colbert": "colbert_head"}
-ADAMW_IMPLEMENTATIONS = ("auto", "fused", "foreach", "for_loop")
-
-
-def _adamw_implementation(name: str) -> str:
-    if name not in ADAMW_IMPLEMENTATIONS:
-        raise ValueError(f"optim.implementation={name!r}: expected one of {ADAMW_IMPLEMENTATIONS}")
-    return name
-
-
-def adamw_kernel(implementation: str, params: Sequence[torch.Tensor], precision: str = "32-true") -> dict[str, bool]:
-    """``torch.optim.AdamW`` keyword arguments for ``optim.implementation``: ``fused`` (one kernel over all
-    parameters: on one CPU thread 12 ms a step for 17M parameters against 40 ms ``foreach`` and 67 ms ``for_loop``),
-    ``foreach`` (batched ops, torch's CUDA default), ``for_loop`` (one parameter at a time, torch's CPU default) or
-    ``auto``: fused where every parameter is a plain floating-point tensor (FSDP2's sharded DTensor parameters keep
-    torch's default) and no float16 gradient scaler runs (``precision`` 16-mixed: Lightning clips scaled gradients
-    only with an unfused optimizer)."""
-    scaled = "16" in precision and "bf16" not in precision
-    if implementation == "fused" and scaled:
-        raise ValueError(f"optim.implementation=fused with trainer.precision={precision}: the float16 gradient "
-                         f"scaler needs an unfused AdamW (use auto, foreach or for_loop)")
-    if implementation == "auto":
-        plain = all(type(p) in (torch.Tensor, nn.Parameter) and p.is_floating_point() for p in params)
-        implementation = "fused" if plain and params and not scaled else "default"
-    return {"fused": {"fused": True}, "foreach": {"foreach": True}, "for_loop": {"foreach": False}}.get(
-        implementation, {})
 
 
 def signature_differences(saved: Mapping[str, Any], current: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -540,43 +496,6 @@ def check_teacher_heads(loss: M3Loss, active_heads: tuple[str, ...]) -> None:
         log.warning("teacher=%s with one active head (%s): there is no ensemble to weigh; its weights stay fixed",
                     type(teacher).__name__, ", ".join(active_heads))
         teacher.requires_grad_(False)
-
-
-def _head_lr(head_lr: Mapping[str, float | None] | None) -> dict[str, float | None]:
-    unknown = set(head_lr or {}) - set(HEAD_MODULES)
-    if unknown:
-        raise ValueError(f"optim.head_lr: unknown head(s) {sorted(unknown)}; "
-                         f"heads with weights: {sorted(HEAD_MODULES)}")
-    return {h: (None if v is None else float(v)) for h, v in (head_lr or {}).items()}
-
-
-def _parameter_parts(model: M3Model) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
-    """Trainable parameters by part: ``encoder``, ``sparse``, ``colbert`` (the dense head has no weights)."""
-    parts: dict[str, list[tuple[str, torch.nn.Parameter]]] = {"encoder": [], **{h: [] for h in HEAD_MODULES}}
-    owner = {module: head for head, module in HEAD_MODULES.items()}
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            parts[owner.get(name.split(".", 1)[0], "encoder")].append((name, param))
-    return parts
-
-
-LAYER_INDEX = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
-
-
-def encoder_depths(names: Sequence[str]) -> tuple[dict[str, int], int]:
-    """Depth of each encoder parameter for layer-wise learning-rate decay, and the top depth L + 1: 0 for the
-    embeddings (a name with ``embed``), i + 1 for transformer layer i (``...layer.<i>.`` / ``layers.<i>.``), L + 1
-    for everything above the layers (pooler, final norm). L = the number of layers found."""
-    layers = {name: int(m.group(1)) for name in names if (m := LAYER_INDEX.search(name))}
-    top = max(layers.values(), default=-1) + 2
-    return {name: layers[name] + 1 if name in layers else 0 if "embed" in name.lower() else top
-            for name in names}, top
-
-
-def _layer_decay(value: float) -> float:
-    if not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"optim.layer_decay={value!r}: expected 0 < γ ≤ 1 (1: one rate for the whole encoder)")
-    return float(value)
 
 
 def _zero_loss(module: torch.nn.Module) -> torch.Tensor:

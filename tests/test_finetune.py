@@ -118,7 +118,7 @@ def test_layer_decay_scales_the_encoder_rate_by_depth(dropout_model_dir):
 
 
 def test_encoder_depths_across_naming_schemes():
-    from m3lit.module import encoder_depths
+    from m3lit.optim import encoder_depths
 
     depths, top = encoder_depths(["embeddings.tok_embeddings.weight", "layers.0.attn.Wqkv.weight",
                                   "layers.11.mlp.Wo.weight", "final_norm.weight"])
@@ -161,7 +161,7 @@ def test_finetune_small_experiment_brings_the_one_epoch_settings():
 
 def test_adamw_implementation_auto_is_fused_on_plain_parameters_and_equals_the_for_loop(dropout_model_dir):
     from m3lit.cli.train import build_module
-    from m3lit.module import adamw_kernel
+    from m3lit.optim import adamw_kernel
 
     optimizers = {}
     for name in ("auto", "for_loop", "foreach"):
