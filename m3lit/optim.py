@@ -84,17 +84,18 @@ def parameter_groups(model: M3Model, lr: float, weight_decay: float, head_lr: Ma
     for part, params in parameter_parts(model).items():
         part_lr = head_lr.get(part)
         part_lr = lr if part_lr is None else part_lr
-        by_rate: dict[tuple[float, str], list[tuple[str, nn.Parameter]]] = {}
-        depths, top = encoder_depths([n for n, _ in params]) if part == "encoder" else ({}, 0)
+        depths, top = encoder_depths([n for n, _ in params]) if part == "encoder" and layer_decay != 1.0 else ({}, 0)
+        by_depth: dict[int, list[tuple[str, nn.Parameter]]] = {}  # depth top: the part's own rate
         for name, param in params:
-            scale = layer_decay ** (top - depths[name]) if name in depths else 1.0
-            suffix = f"/depth{depths[name]}" if scale != 1.0 else ""
-            by_rate.setdefault((part_lr * scale, suffix), []).append((name, param))
-        for (group_lr, suffix), named in by_rate.items():
-            decay = [p for n, p in named if p.ndim >= 2 and "norm" not in n.lower()]
-            no_decay = [p for n, p in named if not (p.ndim >= 2 and "norm" not in n.lower())]
-            groups += [{"params": decay, "weight_decay": weight_decay, "lr": group_lr, "name": part + suffix},
-                       {"params": no_decay, "weight_decay": 0.0, "lr": group_lr, "name": f"{part}{suffix}/no_decay"}]
+            by_depth.setdefault(depths.get(name, top), []).append((name, param))
+        for depth, named in by_depth.items():
+            group_lr = part_lr * layer_decay ** (top - depth)
+            name = part if depth == top else f"{part}/depth{depth}"
+            decays = [p.ndim >= 2 and "norm" not in n.lower() for n, p in named]
+            groups += [{"params": [p for (_, p), d in zip(named, decays) if d], "weight_decay": weight_decay,
+                        "lr": group_lr, "name": name},
+                       {"params": [p for (_, p), d in zip(named, decays) if not d], "weight_decay": 0.0,
+                        "lr": group_lr, "name": f"{name}/no_decay"}]
     return [g for g in groups if g["params"]]
 
 
